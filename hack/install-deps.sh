@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what kubelab and its tests need on Debian bookworm, as root.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+  # building
+  gcc libc6-dev libseccomp-dev pkg-config git ca-certificates
+  # node image
+  mmdebstrap e2fsprogs qemu-utils genisoimage busybox-static
+  # running VMs and the lab network
+  qemu-system-x86 iproute2 nftables iptables dnsmasq-base socat openssh-client
+  # checks in tests
+  openssl cloud-init
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: Go 1.26 is required (https://go.dev/doc/install); it is not in Debian bookworm" >&2
+  exit 1
+fi
+echo "install-deps: all present"
