@@ -2,14 +2,23 @@ module github.com/kubelab/kubelab
 
 go 1.26.8
 
-require github.com/spf13/cobra v1.10.2
+require (
+	github.com/ProtonMail/go-crypto v1.5.2
+	github.com/google/go-containerregistry v0.22.1
+	github.com/spf13/cobra v1.10.2
+	github.com/ulikunitz/xz v0.5.17
+	go.yaml.in/yaml/v3 v3.0.6
+	golang.org/x/crypto v0.58.0
+)
 
 require (
-	github.com/ProtonMail/go-crypto v1.5.2 // indirect
-	github.com/google/go-containerregistry v0.22.1 // indirect
+	github.com/cloudflare/circl v1.6.3 // indirect
+	github.com/coreos/butane v0.25.1 // indirect
+	github.com/coreos/ignition/v2 v2.24.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
-	github.com/ulikunitz/xz v0.5.17 // indirect
-	go.yaml.in/yaml/v3 v3.0.6 // indirect
-	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
 )

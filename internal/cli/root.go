@@ -57,6 +57,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	// One constructor per command file, in the order help lists them.
 	for _, add := range []func(*globalOptions) *cobra.Command{
 		newVersionCmd,
+		newComponentsCmd,
+		newImageCmd,
 	} {
 		root.AddCommand(add(opts))
 	}
