@@ -333,8 +333,12 @@ func (cl *Cluster) ensureServiceAccount(opts Options, rep *Report) error {
 	return nil
 }
 
-// PEM returns the certificate and private key of the credential name.
+// PEM returns the certificate and private key of the credential name. For
+// ServiceAccount, cert is the public key (sa.pub).
 func (cl *Cluster) PEM(name string) (cert, key []byte, err error) {
+	if name == ServiceAccount {
+		return cl.saPub, cl.saKey, nil
+	}
 	cr, ok := cl.creds[name]
 	if !ok {
 		return nil, nil, fmt.Errorf("cluster %s has no credential %q", cl.Name, name)
