@@ -1,0 +1,55 @@
+package nodeconfig
+
+import (
+	"path"
+
+	"github.com/kubelab/kubelab/internal/pki"
+	"github.com/kubelab/kubelab/internal/versions"
+)
+
+// Paths on the node. Certificates keep their names from the cluster's PKI
+// directory, so a file on a node reads as the file in the lab directory it
+// came from.
+const (
+	KubeDir        = "/etc/kubernetes"
+	PKIDir         = "/etc/kubernetes/pki"
+	EtcdDataDir    = "/var/lib/etcd"
+	CNIConfDir     = "/etc/cni/net.d"
+	CNIConfFile    = "/etc/cni/net.d/10-kubelab.conflist"
+	ContainerdConf = "/etc/containerd/config.toml"
+	ContainerdSock = "/run/containerd/containerd.sock"
+	KubeletConfig  = "/etc/kubernetes/kubelet.yaml"
+	KubeProxyConf  = "/etc/kubernetes/kube-proxy.yaml"
+	FlannelEnv     = "/run/flannel/subnet.env"
+	FlannelPrefix  = "/coreos.com/network"
+	ScriptDir      = "/usr/local/lib/kubelab"
+	HostsFile      = "/etc/hosts"
+	NetworkdDir    = "/etc/systemd/network"
+	SysctlPath     = "/etc/sysctl.d/90-kubelab.conf"
+	ModulesPath    = "/etc/modules-load.d/kubelab.conf"
+	HostnamePath   = "/etc/hostname"
+	SystemdUnitDir = "/etc/systemd/system"
+)
+
+// Ports of the components.
+const (
+	EtcdClientPort = 2379
+	EtcdPeerPort   = 2380
+	APIServerPort  = 6443
+)
+
+func certPath(name string) string { return path.Join(PKIDir, name+".crt") }
+func keyPath(name string) string  { return path.Join(PKIDir, name+".key") }
+
+// The service-account pair is a public/private key pair, not a certificate.
+var (
+	saPubPath = path.Join(PKIDir, pki.ServiceAccount+".pub")
+	saKeyPath = path.Join(PKIDir, pki.ServiceAccount+".key")
+)
+
+// kubeconfigPath is where a component's kubeconfig lives on the node.
+func kubeconfigPath(component string) string {
+	return path.Join(KubeDir, component+".kubeconfig")
+}
+
+func bin(name string) string { return path.Join(versions.NodeBinDir, name) }
