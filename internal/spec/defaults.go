@@ -64,7 +64,7 @@ func ApplyDefaults(lab *Lab) {
 			c.Index = next
 			used[next] = true
 		}
-		setDefault(&c.KubernetesVersion, versions.Default().Kubernetes)
+		setDefault(&c.KubernetesVersion, defaultKubernetesVersion())
 		setDefault(&c.PodCIDR, DefaultPodCIDR)
 		setDefault(&c.ServiceCIDR, DefaultServiceCIDR)
 		setDefault(&c.PodNetwork, PodNetworkRoutes)
@@ -100,3 +100,5 @@ func setDefault(field *string, value string) {
 		*field = value
 	}
 }
+
+func defaultKubernetesVersion() string { return versions.Default().Kubernetes }
