@@ -56,6 +56,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&opts.dir, "dir", "", "lab directory (default $KUBELAB_HOME or ~/.kubelab/default)")
 	// One constructor per command file, in the order help lists them.
 	for _, add := range []func(*globalOptions) *cobra.Command{
+		newInitCmd,
+		newPlanCmd,
 		newVersionCmd,
 		newComponentsCmd,
 		newImageCmd,
