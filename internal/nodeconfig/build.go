@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/kubelab/kubelab/internal/pki"
 	"github.com/kubelab/kubelab/internal/plan"
 	"github.com/kubelab/kubelab/internal/spec"
 	"github.com/kubelab/kubelab/internal/versions"
@@ -22,6 +23,13 @@ type Credentials interface {
 	CACert(name string) ([]byte, error)
 	// Kubeconfig returns a component's kubeconfig (it embeds a client key).
 	Kubeconfig(name string) ([]byte, error)
+}
+
+// LocalKubeconfigs is optionally implemented by Credentials (pki.Cluster
+// does): it makes a kubeconfig against a given server, so the control-plane
+// components of each control plane talk to their own API server.
+type LocalKubeconfigs interface {
+	KubeconfigFor(name, server string) ([]byte, error)
 }
 
 // SSHHostKey is a pre-generated ssh host key pair in OpenSSH format.
@@ -194,6 +202,24 @@ func (b *builder) kubeconfig(name, component string) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig %s: %w", name, err)
 	}
+	return b.placeKubeconfig(name, component, kc)
+}
+
+// localKubeconfig is like kubeconfig, against the API server on this node
+// when the credentials can make such a kubeconfig.
+func (b *builder) localKubeconfig(name, component string) error {
+	lk, ok := b.in.Creds.(LocalKubeconfigs)
+	if !ok {
+		return b.kubeconfig(name, component)
+	}
+	kc, err := lk.KubeconfigFor(name, fmt.Sprintf("https://127.0.0.1:%d", APIServerPort))
+	if err != nil {
+		return fmt.Errorf("kubeconfig %s: %w", name, err)
+	}
+	return b.placeKubeconfig(name, component, kc)
+}
+
+func (b *builder) placeKubeconfig(name, component string, kc []byte) error {
 	if !bytes.HasPrefix(kc, []byte("#")) {
 		kc = append([]byte(b.header("#", "Kubeconfig "+name+" from the cluster's PKI.")), kc...)
 	}
@@ -269,3 +295,9 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// The cluster PKI is what Build is given in kubelab.
+var (
+	_ Credentials      = (*pki.Cluster)(nil)
+	_ LocalKubeconfigs = (*pki.Cluster)(nil)
+)

@@ -63,10 +63,10 @@ func (b *builder) controlPlane() error {
 	if err := b.addFile(File{Path: saKeyPath, Mode: 0o600, Contents: saKey, Secret: true}); err != nil {
 		return err
 	}
-	if err := b.kubeconfig(pki.ControllerManager, "controller-manager"); err != nil {
+	if err := b.localKubeconfig(pki.ControllerManager, "controller-manager"); err != nil {
 		return err
 	}
-	if err := b.kubeconfig(pki.Scheduler, "scheduler"); err != nil {
+	if err := b.localKubeconfig(pki.Scheduler, "scheduler"); err != nil {
 		return err
 	}
 
