@@ -122,11 +122,16 @@ func Build(ctx context.Context, opts BuildOptions) (Built, error) {
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return Built{}, fmt.Errorf("create image cache: %w", err)
 	}
+	removeStaleBuilds(filepath.Dir(final), 12*time.Hour)
 	work, err := os.MkdirTemp(filepath.Dir(final), ".build-"+hash[:12]+"-")
 	if err != nil {
 		return Built{}, fmt.Errorf("create image build dir: %w", err)
 	}
-	defer os.RemoveAll(work)
+	defer func() {
+		if err := safeRemoveAll(work); err != nil {
+			fmt.Fprintf(progress, "image: warning: %v\n", err)
+		}
+	}()
 	b := &builder{in: *in, comps: opts.Components, work: work, root: filepath.Join(work, "root"), progress: progress}
 	m, err := b.run(ctx)
 	if err != nil {

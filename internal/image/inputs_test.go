@@ -114,3 +114,24 @@ func sha256hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+func TestSafeRemoveAllRefusesMounts(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "root", "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// /proc is always a mount point: it must be seen (checked without
+	// removing anything).
+	if m, err := mountsBelow("/proc"); err != nil || len(m) == 0 {
+		t.Fatalf("mounts at /proc not found: %v %v", m, err)
+	}
+	if err := safeRemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("%s still there: %v", dir, err)
+	}
+	if got := unescapeMount(`/a\040b`); got != "/a b" {
+		t.Errorf("unescape = %q", got)
+	}
+}

@@ -1,0 +1,340 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubelab/kubelab/internal/versions"
+)
+
+// TestBuildAndBoot is the image's definition of done: build the node image
+// from the real components, boot it under QEMU inside a network namespace
+// with an overlay config disk, and check over ssh that containerd runs with
+// the pre-loaded images and the pinned binaries.
+func TestBuildAndBoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM; skipped with -short")
+	}
+	ci := os.Getenv("CI") == "true"
+	if os.Geteuid() != 0 {
+		if ci {
+			t.Fatal("TestBuildAndBoot needs root (mmdebstrap --mode=root, network namespaces)")
+		}
+		t.Skip("needs root")
+	}
+	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "ip", "ssh", "ssh-keygen"} {
+		requireTool(t, tool)
+	}
+	cache, err := DefaultCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	compDir := os.Getenv("KUBELAB_TEST_COMPONENTS")
+	if compDir == "" {
+		compDir, err = NewestComponents(cache)
+		if err != nil {
+			if ci {
+				t.Fatalf("no built components to make the node image from (the CI script builds them first): %v", err)
+			}
+			t.Skipf("no built components: %v", err)
+		}
+	}
+	comps, err := LoadComponents(compDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	built, err := Build(context.Background(), BuildOptions{Components: comps, CacheDir: cache, Progress: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image build: %.1fs (cached: %v) -> %s", time.Since(start).Seconds(), built.Cached, built.Dir)
+	if st, err := os.Stat(filepath.Join(built.Dir, DiskFile)); err == nil {
+		t.Logf("image size: qcow2 %d MiB, apparent %d MiB", st.Size()>>20, built.Manifest.ApparentSize>>20)
+	}
+	for _, f := range []string{DiskFile, KernelFile, InitrdFile} {
+		if got, _ := fileSHA256(filepath.Join(built.Dir, f)); got != built.Manifest.Artifacts[f] {
+			t.Errorf("manifest sha256 of %s = %s, file has %s", f, built.Manifest.Artifacts[f], got)
+		}
+	}
+	for _, p := range []string{"systemd", "openssh-server", "cloud-init", "linux-image-cloud-amd64"} {
+		if built.Manifest.Packages[p] == "" {
+			t.Errorf("manifest lacks the version of package %s", p)
+		}
+	}
+	for _, p := range []string{"containerd", "runc", "etcd-server"} {
+		if v, ok := built.Manifest.Packages[p]; ok {
+			t.Errorf("Debian's %s %s is in the image; kubelab's components replace it", p, v)
+		}
+	}
+
+	vm := bootVM(t, built.Dir)
+	want := versions.Default()
+	if v := comps.Versions["Kubernetes"]; v != "" {
+		want.Kubernetes = v
+	}
+	if v := comps.Versions["Etcd"]; v != "" {
+		want.Etcd = v
+	}
+	checks := []struct{ cmd, want string }{
+		{"systemctl is-active containerd", "active"},
+		{"systemctl is-active kubelab-images", "active"},
+		{"kubelet --version", "Kubernetes " + want.Kubernetes},
+		{"kube-apiserver --version", "Kubernetes " + want.Kubernetes},
+		{"etcd --version", "etcd Version: " + strings.TrimPrefix(want.Etcd, "v")},
+		{"ctr -n k8s.io images ls -q", want.PauseImage()},
+		{"ctr -n k8s.io images ls -q", want.CoreDNSImage()},
+		{"ctr -n k8s.io images ls -q", versions.TestImage},
+		{"hostname", "kltest-node"},
+		{"ls /etc/ssh/ssh_host_*_key", "/etc/ssh/ssh_host_ed25519_key"},
+		{"stat -fc %T /sys/fs/cgroup", "cgroup2fs"},
+	}
+	for _, c := range checks {
+		out, err := vm.ssh(c.cmd)
+		if err != nil || !strings.Contains(out, c.want) {
+			t.Errorf("%s: %v\n got: %s\nwant: %s", c.cmd, err, out, c.want)
+		}
+	}
+	// The overlay supplied one host key; none may have been generated.
+	if out, _ := vm.ssh("ls /etc/ssh/"); strings.Contains(out, "ssh_host_rsa_key") {
+		t.Errorf("host keys were generated although the overlay provided one:\n%s", out)
+	}
+	if out, _ := vm.ssh("systemctl --failed --no-legend"); strings.TrimSpace(out) != "" {
+		t.Errorf("failed units on the node:\n%s", out)
+	}
+	if out, err := vm.ssh("systemd-analyze"); err == nil {
+		t.Logf("guest: %s", strings.TrimSpace(out))
+	}
+	if t.Failed() {
+		vm.dumpConsole()
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+type testVM struct {
+	t       *testing.T
+	ns      string
+	addr    string
+	key     string
+	known   string
+	console string
+}
+
+func (vm *testVM) ssh(command string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", vm.ns, "ssh", "-i", vm.key,
+		"-o", "UserKnownHostsFile="+vm.known, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+		"-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@"+vm.addr, command)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (vm *testVM) dumpConsole() {
+	data, _ := os.ReadFile(vm.console)
+	vm.t.Logf("console tail:\n%s", tail(string(data), 80))
+}
+
+// bootVM boots the image with an overlay config disk inside a fresh network
+// namespace and waits for the readiness marker. Everything is torn down when
+// the test ends, failed or not.
+func bootVM(t *testing.T, imageDir string) *testVM {
+	t.Helper()
+	dir := t.TempDir()
+	suffix := randHex(3)
+	ns := "kltest-" + suffix
+	// A /24 unlikely to collide with anything; it only exists in the namespace.
+	subnet := fmt.Sprintf("10.213.%d", 1+int(suffix[0])%200)
+	vm := &testVM{t: t, ns: ns, addr: subnet + ".2", key: filepath.Join(dir, "id_ed25519"),
+		known: filepath.Join(dir, "known_hosts"), console: filepath.Join(dir, "console.log")}
+
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run("ip", "-n", ns, "link", "set", "lo", "up")
+	run("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
+	run("ip", "-n", ns, "addr", "add", subnet+".1/24", "dev", "br0")
+	run("ip", "-n", ns, "link", "set", "br0", "up")
+	run("ip", "-n", ns, "tuntap", "add", "tap0", "mode", "tap")
+	run("ip", "-n", ns, "link", "set", "tap0", "master", "br0", "up")
+
+	// Keys made at test time: the client key and the node's host key.
+	run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kltest", "-f", vm.key)
+	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
+	run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@kltest-node", "-f", hostKey)
+	clientPub, _ := os.ReadFile(vm.key + ".pub")
+	hostPriv, _ := os.ReadFile(hostKey)
+	hostPub, _ := os.ReadFile(hostKey + ".pub")
+	fields := strings.Fields(string(hostPub))
+	if err := os.WriteFile(vm.known, []byte(vm.addr+" "+fields[0]+" "+fields[1]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	pause := versions.Default().PauseImage()
+	meta, _ := json.Marshal(map[string]any{"enable": []string{"containerd.service"}, "mask": []string{}, "hostname": "kltest-node"})
+	overlay := []tarEntry{
+		{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+			"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s.1\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", vm.addr, subnet)},
+		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(hostPriv)},
+		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, string(hostPub)},
+		{"root/.ssh/", 0o700, ""},
+		{"root/.ssh/authorized_keys", 0o600, string(clientPub)},
+		{"etc/containerd/config.toml", 0o644, containerdConfig(pause)},
+		{"etc/systemd/system/containerd.service", 0o644, containerdUnit},
+		{"etc/kubelab/overlay.json", 0o644, string(meta)},
+	}
+	configTar := filepath.Join(dir, "config.tar")
+	if err := writeTar(configTar, overlay); err != nil {
+		t.Fatal(err)
+	}
+
+	disk := filepath.Join(dir, "node.qcow2")
+	run("qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(imageDir, DiskFile), "-F", "qcow2", disk, "10G")
+	m, err := ReadManifest(imageDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accel := "tcg,tb-size=256"
+	if a := os.Getenv("KUBELAB_ACCEL"); a == "kvm" {
+		accel = "kvm"
+	}
+	pidfile := filepath.Join(dir, "qemu.pid")
+	args := []string{"netns", "exec", ns, "qemu-system-x86_64",
+		"-accel", accel, "-cpu", "max", "-smp", "1", "-m", "1024",
+		"-nodefaults", "-display", "none", "-no-reboot",
+		"-kernel", filepath.Join(imageDir, KernelFile), "-initrd", filepath.Join(imageDir, InitrdFile),
+		"-append", m.KernelCmdline + " " + m.KernelCmdlineNoCloudInit,
+		"-drive", "file=" + disk + ",if=virtio,format=qcow2",
+		"-drive", "file=" + configTar + ",if=none,id=cfg,format=raw,readonly=on",
+		"-device", "virtio-blk-pci,drive=cfg,serial=" + versions.NodeConfigDisk,
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:4e:31:02",
+		"-device", "virtio-rng-pci",
+		"-serial", "file:" + vm.console,
+		"-pidfile", pidfile,
+	}
+	qemu := exec.Command("ip", args...)
+	var qemuOut bytes.Buffer
+	qemu.Stdout, qemu.Stderr = &qemuOut, &qemuOut
+	bootStart := time.Now()
+	if err := qemu.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- qemu.Wait() }()
+	t.Cleanup(func() {
+		_ = qemu.Process.Kill()
+		<-exited
+	})
+
+	marker := versions.ReadyMarker + " kltest-node"
+	deadline := time.After(8 * time.Minute)
+	for {
+		data, _ := os.ReadFile(vm.console)
+		if bytes.Contains(data, []byte(marker)) {
+			t.Logf("boot to readiness marker (%s): %.1fs", accel, time.Since(bootStart).Seconds())
+			return vm
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			vm.dumpConsole()
+			t.Fatalf("qemu exited before the node was ready: %v\n%s", err, qemuOut.String())
+		case <-deadline:
+			vm.dumpConsole()
+			t.Fatalf("no %q on the console after 8 minutes", marker)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+type tarEntry struct {
+	name string
+	mode int64
+	body string
+}
+
+// writeTar writes a tar padded to 512 bytes, as a raw virtio disk needs.
+func writeTar(path string, entries []tarEntry) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.body)), Typeflag: tar.TypeReg,
+			ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		if strings.HasSuffix(e.name, "/") {
+			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write([]byte(e.body)); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if pad := buf.Len() % 512; pad != 0 {
+		buf.Write(make([]byte, 512-pad))
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+func containerdConfig(pause string) string {
+	return `version = 3
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = '` + pause + `'
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = 'io.containerd.runc.v2'
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = true
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ['` + versions.NodeCNIBinDir + `']
+  conf_dir = '/etc/cni/net.d'
+`
+}
+
+const containerdUnit = `[Unit]
+Description=containerd container runtime
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=` + versions.NodeBinDir + `/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+`
