@@ -147,9 +147,9 @@ func TestCorruptKeyIsAnErrorAndUntouched(t *testing.T) {
 
 func TestCorruptCertAndOrphans(t *testing.T) {
 	cases := []struct {
-		name  string
-		break_ func(dir string) error
-		file  string
+		name    string
+		breakIt func(dir string) error
+		file    string
 	}{
 		{"garbage cert", func(d string) error { return os.WriteFile(filepath.Join(d, "kube-proxy.crt"), []byte("junk"), 0o644) }, "kube-proxy.crt"},
 		{"cert without key", func(d string) error { return os.Remove(filepath.Join(d, "kube-proxy.key")) }, "kube-proxy.crt"},
@@ -175,7 +175,7 @@ func TestCorruptCertAndOrphans(t *testing.T) {
 			dir := t.TempDir()
 			p := mustPlan(t, testLab)
 			cl, _ := mustEnsure(t, dir, p, 0)
-			if err := tc.break_(cl.Dir); err != nil {
+			if err := tc.breakIt(cl.Dir); err != nil {
 				t.Fatal(err)
 			}
 			before := snapshot(t, dir)
