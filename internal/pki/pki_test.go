@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -334,5 +336,43 @@ func TestServiceAccount(t *testing.T) {
 	onDisk, _ := os.ReadFile(filepath.Join(cl.Dir, "sa.pub"))
 	if !bytes.Equal(onDisk, pub) {
 		t.Error("sa.pub on disk differs")
+	}
+}
+
+func TestListMatchesEnsure(t *testing.T) {
+	p := mustPlan(t, testLab)
+	dir := t.TempDir()
+	if _, err := List(dir, "one"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("List before Ensure: %v, want not-exist", err)
+	}
+	cl, _ := mustEnsure(t, dir, p, 0)
+	got, err := List(dir, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]CertInfo{}
+	for _, i := range got {
+		byName[i.Name] = i
+	}
+	mem := cl.Certs()
+	if len(got) != len(mem) || len(mem) != len(wantTestLab) {
+		t.Fatalf("List has %d, Certs %d, want %d", len(got), len(mem), len(wantTestLab))
+	}
+	for i, m := range mem {
+		if wantTestLab[i].ca != "" && m.Issuer != wantTestLab[i].ca || wantTestLab[i].ca == "" && m.Issuer != m.Name {
+			t.Errorf("%s: Certs issuer %q", m.Name, m.Issuer)
+		}
+		l := byName[m.Name]
+		if l.Issuer != m.Issuer || l.CommonName != m.CommonName || !l.NotAfter.Equal(m.NotAfter) || !slices.Equal(l.IPAddresses, m.IPAddresses) {
+			t.Errorf("%s: List %+v, Certs %+v", m.Name, l, m)
+		}
+		if d := m.DaysLeft(time.Now()); (m.IsCA && d < 3600) || (!m.IsCA && (d < 360 || d > 366)) {
+			t.Errorf("%s: %d days left", m.Name, d)
+		}
+	}
+	for i := 0; i < 4; i++ {
+		if !got[i].IsCA {
+			t.Errorf("List[%d] = %s, want the CAs first", i, got[i].Name)
+		}
 	}
 }

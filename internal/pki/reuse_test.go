@@ -145,7 +145,7 @@ func TestCorruptKeyIsAnErrorAndUntouched(t *testing.T) {
 	}
 }
 
-func TestCorruptCertAndOrphans(t *testing.T) {
+func TestBrokenPairsAreErrors(t *testing.T) {
 	cases := []struct {
 		name    string
 		breakIt func(dir string) error
