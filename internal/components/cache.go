@@ -85,6 +85,7 @@ func (r *resolved) buildPart(ctx context.Context, p part) (string, error) {
 		fmt.Fprintf(r.Progress, "%-10s %-9s cached (%s)\n", p.name, p.version, since(start))
 		return dir, nil
 	}
+	fmt.Fprintf(r.Progress, "%-10s %-9s building ...\n", p.name, p.version)
 	err := buildInto(r.root, dir, func(tmp string) error {
 		if err := r.src.fetch(ctx, p, tmp); err != nil {
 			return err

@@ -82,7 +82,7 @@ func (r *resolved) buildImages(ctx context.Context, partDirs map[string]string) 
 		return dir, nil
 	}
 	err = buildInto(r.root, dir, func(tmp string) error {
-		pause, err := compilePause(ctx, pauseC, tmp)
+		pause, err := compilePause(ctx, pauseC, "v"+r.Versions.Pause+"-kubelab", tmp)
 		if err != nil {
 			return err
 		}
@@ -149,9 +149,9 @@ func (r *resolved) pauseSource(ctx context.Context) (string, error) {
 }
 
 // compilePause builds the pause binary the way upstream's pause image does.
-func compilePause(ctx context.Context, src, tmp string) ([]byte, error) {
+func compilePause(ctx context.Context, src, version, tmp string) ([]byte, error) {
 	out := filepath.Join(tmp, ".pause")
-	cmd := exec.CommandContext(ctx, "gcc", "-Os", "-Wall", "-Werror", "-static", "-DVERSION=kubelab", "-o", out, src)
+	cmd := exec.CommandContext(ctx, "gcc", "-Os", "-Wall", "-Werror", "-static", "-DVERSION="+version, "-o", out, src)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("gcc %s: %w: %s", src, err, b)
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -121,5 +123,34 @@ func TestBusyboxImage(t *testing.T) {
 	}
 	if h == nil || h.Typeflag != tar.TypeDir || h.Mode&0o1777 != 0o1777 {
 		t.Errorf("tmp/: %+v", h)
+	}
+}
+
+func TestCompilePause(t *testing.T) {
+	requireTool(t, "gcc")
+	requireTool(t, "go")
+	ctx := context.Background()
+	v := versions.Default()
+	gb := &goBuilder{goCmd: "go"}
+	src, _, err := gb.moduleDir(ctx, "k8s.io/kubernetes", v.Kubernetes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	bin, err := compilePause(ctx, filepath.Join(src, "build", "pause", "linux", "pause.c"), "v"+v.Pause+"-kubelab", tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(tmp, "pause")
+	if err := os.WriteFile(p, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(p, "-v").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "pause.c v"+v.Pause+"-kubelab") {
+		t.Errorf("pause -v: %v: %s", err, out)
+	}
+	// Static: no interpreter, so it runs in an image with nothing else.
+	if f, err := exec.Command("file", p).Output(); err == nil && !strings.Contains(string(f), "statically linked") {
+		t.Errorf("pause is not static: %s", f)
 	}
 }
