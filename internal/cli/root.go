@@ -58,6 +58,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	for _, add := range []func(*globalOptions) *cobra.Command{
 		newInitCmd,
 		newPlanCmd,
+		newCertsCmd,
 		newVersionCmd,
 		newComponentsCmd,
 		newImageCmd,
