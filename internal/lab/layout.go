@@ -1,0 +1,18 @@
+package lab
+
+import "path/filepath"
+
+// Layout names every path in a lab directory (see DESIGN.md).
+type Layout struct{ Dir string }
+
+func (l Layout) Spec() string            { return filepath.Join(l.Dir, "lab.yaml") }
+func (l Layout) SSHKey() string          { return filepath.Join(l.Dir, "ssh", "id_ed25519") }
+func (l Layout) KnownHosts() string      { return filepath.Join(l.Dir, "ssh", "known_hosts") }
+func (l Layout) Cluster(c string) string { return filepath.Join(l.Dir, "clusters", c) }
+func (l Layout) Addons(c string) string  { return filepath.Join(l.Cluster(c), "addons") }
+func (l Layout) Node(c, n string) string { return filepath.Join(l.Cluster(c), "nodes", n) }
+func (l Layout) HostKey(c, n string) string {
+	return filepath.Join(l.Node(c, n), "ssh_host_ed25519_key")
+}
+func (l Layout) Images() string            { return filepath.Join(l.Dir, "images") }
+func (l Layout) Timings(cmd string) string { return filepath.Join(l.Dir, "timings-"+cmd+".json") }
