@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,6 +77,9 @@ type Change struct {
 type Report struct {
 	Cluster string   `json:"cluster"`
 	Changes []Change `json:"changes"`
+	// Unused lists files under the PKI directory the plan no longer needs
+	// (e.g. of a removed node), relative to it. They are left in place.
+	Unused []string `json:"unused,omitempty"`
 }
 
 func (r *Report) add(name, action, reason string) {
@@ -84,16 +88,19 @@ func (r *Report) add(name, action, reason string) {
 
 // String is one line per change, for progress output.
 func (r Report) String() string {
-	if len(r.Changes) == 0 {
-		return fmt.Sprintf("pki %s: all credentials reused", r.Cluster)
-	}
 	var b strings.Builder
+	if len(r.Changes) == 0 {
+		fmt.Fprintf(&b, "pki %s: all credentials reused\n", r.Cluster)
+	}
 	for _, c := range r.Changes {
 		fmt.Fprintf(&b, "pki %s: %s %s", r.Cluster, c.Action, c.Name)
 		if c.Reason != "" {
 			fmt.Fprintf(&b, " (%s)", c.Reason)
 		}
 		b.WriteByte('\n')
+	}
+	for _, u := range r.Unused {
+		fmt.Fprintf(&b, "pki %s: %s is no longer needed by the plan (left in place)\n", r.Cluster, u)
 	}
 	return strings.TrimSuffix(b.String(), "\n")
 }
@@ -159,6 +166,11 @@ func Ensure(labDir, lab string, c plan.Cluster, net plan.Network, opts Options) 
 	if err := cl.ensureKubeconfigs(c, opts, &rep); err != nil {
 		return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
 	}
+	unused, err := cl.unusedFiles()
+	if err != nil {
+		return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
+	}
+	rep.Unused = unused
 	return cl, rep, nil
 }
 
@@ -361,3 +373,36 @@ func (cl *Cluster) ServiceAccountKeys() (pub, key []byte) { return cl.saPub, cl.
 
 // Names lists every certificate's name, CAs first, in a fixed order.
 func (cl *Cluster) Names() []string { return append([]string(nil), cl.names...) }
+
+// unusedFiles lists files in the PKI directory that Ensure did not ask for,
+// in lexical order.
+func (cl *Cluster) unusedFiles() ([]string, error) {
+	want := map[string]bool{ServiceAccount + ".key": true, ServiceAccount + ".pub": true}
+	for _, n := range cl.names {
+		want[n+".crt"], want[n+".key"] = true, true
+	}
+	for _, n := range cl.kcNames {
+		want["kubeconfigs/"+n+".kubeconfig"] = true
+	}
+	var unused []string
+	err := filepath.WalkDir(cl.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(cl.Dir, path)
+		if err != nil {
+			return err
+		}
+		if rel = filepath.ToSlash(rel); !want[rel] {
+			unused = append(unused, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", cl.Dir, err)
+	}
+	return unused, nil
+}

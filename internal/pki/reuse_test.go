@@ -319,3 +319,24 @@ func TestRSAOption(t *testing.T) {
 		t.Error("unknown key algorithm accepted")
 	}
 }
+
+func TestRemovedNodeFilesAreReportedNotDeleted(t *testing.T) {
+	dir := t.TempDir()
+	mustEnsure(t, dir, mustPlan(t, testLab+"  - {name: w3, roles: [worker]}\n"), 0)
+	before := snapshot(t, dir)
+	cl, rep := mustEnsure(t, dir, mustPlan(t, testLab), 0)
+	if len(rep.Changes) != 0 {
+		t.Errorf("changes %v, want none", rep.Changes)
+	}
+	want := []string{"kubeconfigs/kubelet-w3.kubeconfig", "kubelet-serving-w3.crt", "kubelet-serving-w3.key", "kubelet-w3.crt", "kubelet-w3.key"}
+	if !slices.Equal(rep.Unused, want) {
+		t.Errorf("unused %v, want %v", rep.Unused, want)
+	}
+	if !strings.Contains(rep.String(), "kubelet-w3.key is no longer needed") {
+		t.Errorf("report does not say so:\n%s", rep)
+	}
+	assertSame(t, before, snapshot(t, dir))
+	if _, err := cl.Kubeconfig(KubeletClient("w3")); err == nil {
+		t.Error("removed node still has a kubeconfig in memory")
+	}
+}
