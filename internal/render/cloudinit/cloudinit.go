@@ -52,7 +52,7 @@ type cloudConfig struct {
 	SSHGenKeyTypes []string          `yaml:"ssh_genkeytypes,omitempty"`
 	SSHKeys        map[string]string `yaml:"ssh_keys,omitempty"`
 	Users          []user            `yaml:"users,omitempty"`
-	WriteFiles     []writeFileEntry       `yaml:"write_files,omitempty"`
+	WriteFiles     []writeFileEntry  `yaml:"write_files,omitempty"`
 	RunCmd         [][]string        `yaml:"runcmd,omitempty"`
 }
 
