@@ -112,4 +112,3 @@ func handshake(t *testing.T, cl *Cluster, server, serverCA, host, client, client
 	}
 	return nil
 }
-
