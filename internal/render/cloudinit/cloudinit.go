@@ -356,7 +356,7 @@ func metaData(n nodeconfig.Node, ud, nc []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node %s: encode meta-data: %w", n.Name, err)
 	}
-	return body, nil
+	return append([]byte(header(n)), body...), nil
 }
 
 // Write renders the node's NoCloud data into dir (user-data, meta-data,
