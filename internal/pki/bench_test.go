@@ -3,6 +3,7 @@ package pki
 import (
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -48,6 +49,32 @@ func BenchmarkEnsureLab9x10Reuse(b *testing.B) {
 			}
 			if len(rep.Changes) != 0 {
 				b.Fatalf("re-run changed things:\n%s", rep)
+			}
+		}
+	}
+}
+
+// BenchmarkEnsureLab9x10Parallel creates the clusters' PKIs concurrently,
+// which is safe: each cluster has its own directory and nothing is shared.
+func BenchmarkEnsureLab9x10Parallel(b *testing.B) {
+	data, err := os.ReadFile(filepath.Join("testdata", "lab-9x10.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := mustPlan(b, string(data))
+	for b.Loop() {
+		b.StopTimer()
+		dir := b.TempDir()
+		b.StartTimer()
+		var wg sync.WaitGroup
+		errs := make([]error, len(p.Clusters))
+		for i, c := range p.Clusters {
+			wg.Go(func() { _, _, errs[i] = Ensure(dir, p.Lab, c, p.Network, Options{}) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				b.Fatal(err)
 			}
 		}
 	}
