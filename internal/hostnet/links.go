@@ -58,6 +58,37 @@ func checkOwner(l netlink.Link, lab, role, wantType string, adoptUnmarked bool) 
 	return fmt.Errorf("link %s exists and is not lab %s's (alias %q); remove it or choose another network.bridge", a.Name, lab, a.Alias)
 }
 
+// mark sets the alias naming l as lab's role. The kernel ignores an alias
+// given when a link is created, so it is always set afterwards.
+func mark(h *netlink.Handle, l netlink.Link, lab, role string) error {
+	if l.Attrs().Alias == ownerAlias(lab, role) {
+		return nil
+	}
+	if err := h.LinkSetAlias(l, ownerAlias(lab, role)); err != nil {
+		return fmt.Errorf("mark %s as lab %s's: %w", l.Attrs().Name, lab, err)
+	}
+	return nil
+}
+
+// fresh reports whether an unmarked link looks like one a previous run
+// created and could not mark before it stopped: no addresses and no ports
+// other than taps. Anything else someone made and is left alone.
+func fresh(h *netlink.Handle, l netlink.Link) bool {
+	if len(addrs(h, l)) > 0 {
+		return false
+	}
+	all, err := h.LinkList()
+	if err != nil {
+		return false
+	}
+	for _, o := range all {
+		if o.Attrs().MasterIndex == l.Attrs().Index && o.Type() != "tuntap" {
+			return false
+		}
+	}
+	return true
+}
+
 // setAddrs makes want the only addresses of l in each family want uses.
 func setAddrs(h *netlink.Handle, l netlink.Link, want []netip.Prefix) error {
 	name := l.Attrs().Name
@@ -152,14 +183,17 @@ func ensureBridge(h *netlink.Handle, lab, name string, gw []netip.Prefix) (netli
 		return nil, err
 	}
 	if l == nil {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, Alias: ownerAlias(lab, roleBridge)}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 		if err := h.LinkAdd(br); err != nil {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
 		if l, err = h.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("bridge %s after creating it: %w", name, err)
 		}
-	} else if err := checkOwner(l, lab, roleBridge, "bridge", false); err != nil {
+	} else if err := checkOwner(l, lab, roleBridge, "bridge", fresh(h, l)); err != nil {
+		return nil, err
+	}
+	if err := mark(h, l, lab, roleBridge); err != nil {
 		return nil, err
 	}
 	if err := setAddrs(h, l, gw); err != nil {
@@ -192,10 +226,8 @@ func ensureTap(h *netlink.Handle, ns netns.NsHandle, lab, name string, bridge ne
 	} else if err := checkOwner(l, lab, roleTap, "tuntap", true); err != nil {
 		return err
 	}
-	if l.Attrs().Alias != ownerAlias(lab, roleTap) {
-		if err := h.LinkSetAlias(l, ownerAlias(lab, roleTap)); err != nil {
-			return fmt.Errorf("mark tap %s as lab %s's: %w", name, lab, err)
-		}
+	if err := mark(h, l, lab, roleTap); err != nil {
+		return err
 	}
 	if l.Attrs().MasterIndex != bridge.Attrs().Index {
 		if err := h.LinkSetMaster(l, bridge); err != nil {
@@ -226,10 +258,11 @@ func deleteOwned(h *netlink.Handle, lab, role, name string) error {
 	if err != nil || l == nil {
 		return err
 	}
+	wantType := map[string]string{roleBridge: "bridge", roleTap: "tuntap", roleVeth: "veth"}[role]
 	if l.Attrs().Alias != ownerAlias(lab, role) {
-		if role == roleTap && l.Attrs().Alias == "" && l.Type() == "tuntap" {
-			// a tap created by a run that stopped before marking it
-		} else {
+		// An unmarked link of the right kind that a run made and stopped
+		// before marking; see fresh.
+		if l.Attrs().Alias != "" || l.Type() != wantType || role != roleTap && !fresh(h, l) {
 			return nil
 		}
 	}
@@ -253,7 +286,7 @@ func ensureVeth(hostH, labH *netlink.Handle, labNS netns.NsHandle, lab, hostName
 		return err
 	}
 	if hl != nil {
-		if err := checkOwner(hl, lab, roleVeth, "veth", false); err != nil {
+		if err := checkOwner(hl, lab, roleVeth, "veth", fresh(hostH, hl)); err != nil {
 			return err
 		}
 	}
@@ -274,7 +307,7 @@ func ensureVeth(hostH, labH *netlink.Handle, labNS netns.NsHandle, lab, hostName
 	}
 	if hl == nil {
 		v := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: hostName, Alias: ownerAlias(lab, roleVeth)},
+			LinkAttrs:     netlink.LinkAttrs{Name: hostName},
 			PeerName:      labName,
 			PeerNamespace: netlink.NsFd(int(labNS)),
 		}
@@ -288,10 +321,11 @@ func ensureVeth(hostH, labH *netlink.Handle, labNS netns.NsHandle, lab, hostName
 			return fmt.Errorf("veth %s in the lab namespace after creating it: %w", labName, err)
 		}
 	}
-	if ll.Attrs().Alias != ownerAlias(lab, roleVeth) {
-		if err := labH.LinkSetAlias(ll, ownerAlias(lab, roleVeth)); err != nil {
-			return fmt.Errorf("mark veth %s: %w", labName, err)
-		}
+	if err := mark(hostH, hl, lab, roleVeth); err != nil {
+		return err
+	}
+	if err := mark(labH, ll, lab, roleVeth); err != nil {
+		return err
 	}
 	if err := setAddrs(hostH, hl, []netip.Prefix{hostAddr}); err != nil {
 		return err
