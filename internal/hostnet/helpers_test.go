@@ -210,3 +210,7 @@ func dial(ns netns.NsHandle, addr string) (string, error) {
 	}
 	return strings.TrimSpace(line), nil
 }
+
+func randRead(b []byte) { rand.Read(b) }
+
+func hexs(b []byte) string { return hex.EncodeToString(b) }

@@ -223,6 +223,9 @@ func Apply(ctx context.Context, c Config) (State, error) {
 			}
 			saved.HostIPForwardWas = &was
 		}
+		if err := saveState(c.StateDir, saved); err != nil {
+			return err
+		}
 		if err := writeIPForward(ns.host, true); err != nil {
 			return err
 		}

@@ -2,8 +2,8 @@ package hostnet
 
 import (
 	"context"
-	"fmt"
 	"flag"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -282,3 +282,147 @@ func TestApplyIdempotentAndConverges(t *testing.T) {
 	remove(t, host, c2)
 }
 
+func TestLabNamespace(t *testing.T) {
+	requireNetAdmin(t)
+	for _, tc := range []struct {
+		name      string
+		preCreate bool // the namespace exists before Apply: not kubelab's to delete
+	}{
+		{"created by apply", false},
+		{"made by someone else", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, host := newNS(t, "host")
+			labName := ""
+			var pre netns.NsHandle = -1
+			if tc.preCreate {
+				labName, pre = newNS(t, "lab")
+			} else {
+				b := make([]byte, 3)
+				randRead(b)
+				labName = "kltest-" + hexs(b) + "-lab"
+				// Apply creates it; delete it even when the test fails early.
+				t.Cleanup(func() {
+					if namespaceExists(labName) {
+						netns.DeleteNamed(labName)
+						t.Errorf("namespace %s left behind", labName)
+					}
+				})
+			}
+			c := testConfig(t, labName)
+			hostBefore := snapshot(t, host)
+			var labBefore string
+			if tc.preCreate {
+				labBefore = snapshot(t, pre)
+			}
+			st := apply(t, host, c)
+			if st.Namespace == nil || !st.Namespace.Exists || st.Namespace.Created == tc.preCreate {
+				t.Errorf("namespace state %+v", st.Namespace)
+			}
+			lab, err := netns.GetFromName(labName)
+			if err != nil {
+				t.Fatalf("lab namespace: %v", err)
+			}
+			defer lab.Close()
+			lh, hh := handle(t, lab), handle(t, host)
+			if _, err := lh.LinkByName("kl-test"); err != nil {
+				t.Errorf("bridge not in the lab namespace: %v", err)
+			}
+			if _, err := hh.LinkByName("kl-test"); err == nil {
+				t.Errorf("bridge in the host namespace")
+			}
+			if _, err := lh.LinkByName("kl-test-t10"); err != nil {
+				t.Errorf("tap not in the lab namespace: %v", err)
+			}
+			hv, err := hh.LinkByName("kl-test-vh")
+			if err != nil {
+				t.Fatalf("host veth: %v", err)
+			}
+			lv, err := lh.LinkByName("kl-test-vl")
+			if err != nil {
+				t.Fatalf("lab veth: %v", err)
+			}
+			hostAddr, labAddr := transferAddrs(st.Veth.Transfer)
+			if a := addrs(hh, hv); len(a) != 1 || a[0] != hostAddr {
+				t.Errorf("host veth addresses %v, want %s", a, hostAddr)
+			}
+			if a := addrs(lh, lv); len(a) != 1 || a[0] != labAddr {
+				t.Errorf("lab veth addresses %v, want %s", a, labAddr)
+			}
+			if !linkLocal.Contains(st.Veth.Transfer.Addr()) || st.Veth.Transfer.Bits() != 30 {
+				t.Errorf("transfer network %s", st.Veth.Transfer)
+			}
+			wantRoutes := []string{
+				"192.168.100.0/24 via " + labAddr.Addr().String() + " dev kl-test-vh",
+				"default via " + hostAddr.Addr().String() + " dev kl-test-vl (in " + labName + ")",
+			}
+			if strings.Join(st.Veth.Routes, "\n") != strings.Join(wantRoutes, "\n") {
+				t.Errorf("routes %q, want %q", st.Veth.Routes, wantRoutes)
+			}
+			for _, ns := range []netns.NsHandle{host, lab} {
+				if on, err := readIPForward(ns); err != nil || !on {
+					t.Errorf("ip_forward %v %v", on, err)
+				}
+			}
+			if !strings.Contains(st.Table.Rules, `iifname != "kl-test-vh"`) {
+				t.Errorf("rules do not name the veth as the lab side:\n%s", st.Table.Rules)
+			}
+			// The lab namespace holds no rules of kubelab's: the host's table
+			// does the NAT.
+			if tables, _ := nftIn(t, lab).ListTables(); len(tables) != 0 {
+				t.Errorf("tables in the lab namespace: %v", tables)
+			}
+			if !tc.preCreate {
+				golden(t, "rules-namespace.nft", strings.ReplaceAll(st.Table.Rules, labName, "LAB"))
+			}
+			again := apply(t, host, c)
+			if again.Text() != st.Text() {
+				t.Errorf("second Apply differs:\n%s\n---\n%s", st.Text(), again.Text())
+			}
+
+			remove(t, host, c)
+			if after := snapshot(t, host); after != hostBefore {
+				t.Errorf("host residue:\n--- before\n%s\n--- after\n%s", hostBefore, after)
+			}
+			if namespaceExists(labName) == !tc.preCreate {
+				t.Errorf("after Remove namespace exists = %v, want %v", namespaceExists(labName), tc.preCreate)
+			}
+			if tc.preCreate {
+				if after := snapshot(t, pre); after != labBefore {
+					t.Errorf("lab namespace residue:\n--- before\n%s\n--- after\n%s", labBefore, after)
+				}
+			}
+		})
+	}
+}
+
+func TestForeignLinksLeftAlone(t *testing.T) {
+	requireNetAdmin(t)
+	_, host := newNS(t, "host")
+	h := handle(t, host)
+	// Someone else's bridge with the lab's bridge name and an address.
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "kl-test"}}
+	if err := h.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := h.LinkByName("kl-test")
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet(netip.MustParsePrefix("10.1.2.3/24"))}); err != nil {
+		t.Fatal(err)
+	}
+	// Another lab's table.
+	conn := nftIn(t, host)
+	conn.AddTable(&nftables.Table{Name: "kubelab-other", Family: nftables.TableFamilyIPv4})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, host)
+	c := testConfig(t, "")
+	err := runIn(t, host, func() error { _, err := Apply(context.Background(), c); return err })
+	if err == nil || !strings.Contains(err.Error(), "not lab test's") {
+		t.Fatalf("Apply over a foreign bridge: %v, want a refusal", err)
+	}
+	remove(t, host, c)
+	if after := snapshot(t, host); after != before {
+		t.Errorf("Remove touched what is not the lab's:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}
