@@ -59,9 +59,11 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newInitCmd,
 		newPlanCmd,
 		newCertsCmd,
+		newRenderCmd,
 		newVersionCmd,
 		newComponentsCmd,
 		newImageCmd,
+		newHostnetCmd,
 	} {
 		root.AddCommand(add(opts))
 	}
