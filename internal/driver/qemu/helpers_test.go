@@ -1,0 +1,319 @@
+package qemu
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/rand"
+	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// requireTool fails under CI=true and skips elsewhere when a tool is missing.
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, fmt.Sprintf("%s not found (run hack/install-deps.sh)", name))
+	}
+	return p
+}
+
+func missing(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+func requireVMs(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a VM; skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		missing(t, "needs root (network namespaces, taps)")
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "ip"} {
+		requireTool(t, tool)
+	}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// testNet is a network namespace made by the test with a bridge and one
+// tap on it; nothing of it exists outside the namespace, and it is deleted
+// when the test ends.
+type testNet struct {
+	ns, tap, hostAddr, guestAddr, prefix string
+}
+
+func newTestNet(t *testing.T) testNet {
+	t.Helper()
+	suffix := randHex(3)
+	n := testNet{ns: "kltest-qemu-" + suffix, tap: "kltap0"}
+	third := 1 + int(suffix[1])%200
+	n.prefix = fmt.Sprintf("10.214.%d", third)
+	n.hostAddr, n.guestAddr = n.prefix+".1", n.prefix+".2"
+	if out, err := exec.Command("ip", "netns", "add", n.ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", n.ns, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.ns).Run() })
+
+	// Taps are made in the namespace itself: switch this OS thread into it
+	// for the netlink calls, and back.
+	err := func() error {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			return err
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(n.ns)
+		if err != nil {
+			return err
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			return err
+		}
+		defer func() { _ = netns.Set(orig) }()
+
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "klbr0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge: %w", err)
+		}
+		addr, err := netlink.ParseAddr(n.hostAddr + "/24")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(br, addr); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(br); err != nil {
+			return err
+		}
+		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: n.tap}, Mode: netlink.TUNTAP_MODE_TAP}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return fmt.Errorf("add tap: %w", err)
+		}
+		if err := netlink.LinkSetMaster(tap, br); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(tap)
+	}()
+	if err != nil {
+		t.Fatalf("set up namespace %s: %v", n.ns, err)
+	}
+	return n
+}
+
+// cpioEntry is one file of a newc initramfs.
+type cpioEntry struct {
+	name string
+	mode uint32 // including the file type bits
+	data []byte
+}
+
+// writeInitramfs writes an uncompressed newc cpio archive (the kernel
+// unpacks it as the initramfs).
+func writeInitramfs(path string, entries []cpioEntry) error {
+	var b bytes.Buffer
+	pad := func() {
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+	}
+	write := func(ino int, e cpioEntry) {
+		fmt.Fprintf(&b, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+			ino, e.mode, 0, 0, 1, 0, len(e.data), 0, 0, 0, 0, len(e.name)+1, 0)
+		b.WriteString(e.name)
+		b.WriteByte(0)
+		pad()
+		b.Write(e.data)
+		pad()
+	}
+	for i, e := range entries {
+		write(i+1, e)
+	}
+	write(len(entries)+1, cpioEntry{name: "TRAILER!!!"})
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+const (
+	sIFDIR = 0o040000
+	sIFREG = 0o100000
+)
+
+// busyboxInitramfs builds an initramfs whose /init prints the PCI devices
+// the VM has and then marker on the serial console, and idles.
+func busyboxInitramfs(t *testing.T, path, marker string) {
+	t.Helper()
+	bb := requireTool(t, "busybox")
+	f, err := elf.Open(bb)
+	if err != nil {
+		t.Fatalf("busybox: %v", err)
+	}
+	static := true
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			static = false
+		}
+	}
+	f.Close()
+	if !static {
+		missing(t, bb+" is dynamically linked; install busybox-static")
+	}
+	bin, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs dev /dev
+for d in /sys/bus/pci/devices/*; do
+	echo "pci $(/bin/busybox cat $d/vendor):$(/bin/busybox cat $d/device)" >/dev/ttyS0
+done
+echo "cmdline $(/bin/busybox cat /proc/cmdline)" >/dev/ttyS0
+echo "` + marker + `" >/dev/ttyS0
+while :; do /bin/busybox sleep 3600; done
+`
+	err = writeInitramfs(path, []cpioEntry{
+		{"bin", sIFDIR | 0o755, nil},
+		{"dev", sIFDIR | 0o755, nil},
+		{"bin/busybox", sIFREG | 0o755, bin},
+		{"init", sIFREG | 0o755, []byte(init)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nodeImage finds the newest kubelab node image in the cache
+// ($KUBELAB_CACHE/images/<hash>/ with disk.qcow2, vmlinuz, initrd.img).
+func nodeImage() (string, error) {
+	cache := os.Getenv("KUBELAB_CACHE")
+	if cache == "" {
+		d, err := os.UserCacheDir()
+		if err != nil {
+			return "", err
+		}
+		cache = filepath.Join(d, "kubelab")
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cache, "images", "*", "manifest.json"))
+	type cand struct {
+		dir string
+		mod time.Time
+	}
+	var found []cand
+	for _, mf := range dirs {
+		dir := filepath.Dir(mf)
+		var m struct {
+			Kind string `json:"kind"`
+		}
+		data, err := os.ReadFile(mf)
+		if err != nil || json.Unmarshal(data, &m) != nil || m.Kind != "kubelab" {
+			continue
+		}
+		ok := true
+		for _, f := range []string{"disk.qcow2", "vmlinuz", "initrd.img"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				ok = false
+			}
+		}
+		if st, err := os.Stat(mf); ok && err == nil {
+			found = append(found, cand{dir, st.ModTime()})
+		}
+	}
+	if len(found) == 0 {
+		return "", fmt.Errorf("no kubelab node image in %s/images (build one with `kubelab image build`)", cache)
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].mod.After(found[j].mod) })
+	return found[0].dir, nil
+}
+
+// testKernel is a kernel to boot the initramfs with: KUBELAB_TEST_KERNEL,
+// the node image's, or the host's.
+func testKernel(t *testing.T) string {
+	t.Helper()
+	if k := os.Getenv("KUBELAB_TEST_KERNEL"); k != "" {
+		return k
+	}
+	if dir, err := nodeImage(); err == nil {
+		return filepath.Join(dir, "vmlinuz")
+	}
+	if ks, _ := filepath.Glob("/boot/vmlinuz-*"); len(ks) > 0 {
+		sort.Strings(ks)
+		return ks[len(ks)-1]
+	}
+	missing(t, "no kernel to boot: set KUBELAB_TEST_KERNEL, build the node image, or install a linux-image package")
+	return ""
+}
+
+type tarFile struct {
+	name string
+	mode int64
+	body string
+}
+
+// writeOverlay writes a tar of files; archive/tar output is always a
+// multiple of 512 bytes, as a raw disk needs.
+func writeOverlay(path string, files []tarFile) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write([]byte(f.body)); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+// rssKiB reads VmRSS of a process.
+func rssKiB(pid int) (int, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}

@@ -1,0 +1,238 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubelab/kubelab/internal/driver"
+)
+
+// cleanupMachine kills the machine's QEMU, whatever the test did, by the
+// pid the driver recorded.
+func cleanupMachine(t *testing.T, d *Driver, m driver.Machine) {
+	t.Cleanup(func() {
+		if pid := d.PID(m); pid > 0 {
+			_ = d.kill(context.Background(), m, pid)
+		}
+	})
+}
+
+func mustState(t *testing.T, d *Driver, m driver.Machine, want driver.State) {
+	t.Helper()
+	got, err := d.State(context.Background(), m)
+	if err != nil {
+		t.Fatalf("State: %v", err)
+	}
+	if got != want {
+		t.Fatalf("State = %s, want %s", got, want)
+	}
+}
+
+// TestLifecycleInitramfs proves the driver's plumbing with a busybox
+// initramfs: create, start, running, the devices and the kernel command
+// line reach the guest, the console gets the marker, a second Start (also
+// from a new Driver, like a second `kubelab up`) makes no second VM, stop,
+// restart appends to the console, a reused pid is not taken for the VM,
+// delete leaves nothing.
+func TestLifecycleInitramfs(t *testing.T) {
+	requireVMs(t)
+	tn := newTestNet(t)
+	work := t.TempDir()
+	kernel := testKernel(t)
+	initrd := filepath.Join(work, "initramfs.cpio")
+	marker := "KLTEST-MARKER-" + randHex(4)
+	busyboxInitramfs(t, initrd, marker)
+	base := filepath.Join(work, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	overlay := filepath.Join(work, "overlay.tar")
+	if err := writeOverlay(overlay, []tarFile{{"etc/hello", 0o644, "hi\n"}}); err != nil {
+		t.Fatal(err)
+	}
+	m := driver.Machine{
+		Lab: "kltest", Name: "bb-" + randHex(2), Dir: filepath.Join(work, "node"),
+		CPUs: 1, MemoryMiB: 256, DiskGiB: 1, BaseImage: base,
+		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 kltest=" + strings.ToLower(marker),
+		MAC: "52:54:00:12:34:56", Tap: tn.tap, Netns: tn.ns,
+		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
+	}
+	// The busybox guest has no ACPI handler: Stop falls back to quit.
+	d := New(Options{StopTimeout: 3 * time.Second})
+	cleanupMachine(t, d, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	accel, err := d.Accelerator(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("accelerator: %s", accel)
+
+	mustState(t, d, m, driver.StateAbsent)
+	if err := d.Create(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Create(ctx, m); err != nil {
+		t.Fatalf("second Create: %v", err)
+	}
+	size, err := d.virtualSize(ctx, filepath.Join(m.Dir, DiskFile))
+	if err != nil || size != 1<<30 {
+		t.Fatalf("disk virtual size = %d (%v), want 1 GiB", size, err)
+	}
+	mustState(t, d, m, driver.StateStopped)
+
+	start := time.Now()
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateRunning)
+	pid := d.PID(m)
+	if pid == 0 {
+		t.Fatal("no pid for a running machine")
+	}
+	if err := driver.WaitConsole(ctx, d.ConsolePath(m), 0, marker, func() bool { return d.PID(m) != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs boot to marker: %.1fs", time.Since(start).Seconds())
+
+	console, _ := os.ReadFile(d.ConsolePath(m))
+	defer func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", console)
+		}
+	}()
+	for _, want := range []string{
+		"pci 0x1af4:0x1001", // virtio-blk (disk and config disk)
+		"pci 0x1af4:0x1000", // virtio-net
+		"pci 0x1af4:0x1005", // virtio-rng
+		"kltest=" + strings.ToLower(marker),
+	} {
+		if !strings.Contains(string(console), want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	if n := strings.Count(string(console), "pci 0x1af4:0x1001"); n != 2 {
+		t.Errorf("%d virtio-blk devices, want 2 (disk and config disk)", n)
+	}
+
+	// QEMU runs in the test's namespace: its network namespace is the tap's.
+	hostNS, _ := os.Readlink("/proc/self/ns/net")
+	vmNS, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/net")
+	if vmNS == "" || vmNS == hostNS {
+		t.Errorf("QEMU's network namespace %q is the host's %q", vmNS, hostNS)
+	}
+	if script, err := os.ReadFile(filepath.Join(m.Dir, ScriptFile)); err != nil || !strings.Contains(string(script), "ip netns exec "+tn.ns) {
+		t.Errorf("%s does not show the command: %v\n%s", ScriptFile, err, script)
+	}
+
+	// Start again, and from a new driver value: same process.
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := New(Options{}).Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.PID(m); got != pid {
+		t.Fatalf("Start on a running machine changed its pid %d -> %d", pid, got)
+	}
+	if n := countNamed(t, m.ID()); n != 1 {
+		t.Errorf("%d QEMU processes named %s, want 1", n, m.ID())
+	}
+
+	// Paused by hand: reported, and Start resumes it.
+	if _, err := qmpRun(ctx, QMPPath(m), "stop"); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StatePaused)
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateRunning)
+
+	// Growing a running disk is deferred; Reprovision refuses.
+	if err := d.Reprovision(ctx, m); err == nil {
+		t.Error("Reprovision of a running machine succeeded")
+	}
+
+	if err := d.Stop(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateStopped)
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil && isMachineProcess(pid, m) {
+		t.Fatalf("QEMU pid %d still runs after Stop", pid)
+	}
+	if err := d.Stop(ctx, m); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+
+	// A pid file naming some other live process is not the VM.
+	if err := os.WriteFile(PIDFilePath(m), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateStopped)
+
+	// Grown while stopped, and the console keeps the first boot.
+	m.DiskGiB = 2
+	if err := d.Create(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if size, _ := d.virtualSize(ctx, filepath.Join(m.Dir, DiskFile)); size != 2<<30 {
+		t.Errorf("disk not grown to 2 GiB: %d", size)
+	}
+	from := driver.ConsoleSize(d.ConsolePath(m))
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := driver.WaitConsole(ctx, d.ConsolePath(m), from, marker, func() bool { return d.PID(m) != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	console, _ = os.ReadFile(d.ConsolePath(m))
+	if n := strings.Count(string(console), marker); n != 2 {
+		t.Errorf("console has the marker %d times after two boots, want 2", n)
+	}
+	if pid2 := d.PID(m); pid2 == 0 {
+		t.Error("no pid after restart")
+	} else if rss, err := rssKiB(pid2); err == nil {
+		t.Logf("QEMU RSS, busybox guest (%s): %d MiB", accel, rss>>10)
+	}
+
+	if err := d.Delete(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(m.Dir); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(m.Dir)
+		t.Fatalf("Delete left %s: %v", m.Dir, entries)
+	}
+	mustState(t, d, m, driver.StateAbsent)
+	if err := d.Delete(ctx, m); err != nil {
+		t.Fatalf("second Delete: %v", err)
+	}
+	// The config disk is the renderer's: Delete must not touch it.
+	if _, err := os.Stat(overlay); err != nil {
+		t.Errorf("Delete removed the overlay it did not make: %v", err)
+	}
+}
+
+// countNamed counts the processes whose command line has "-name id".
+func countNamed(t *testing.T, id string) int {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range procs {
+		data, _ := os.ReadFile(p)
+		if strings.Contains(string(data), "\x00-name\x00"+id+"\x00") {
+			n++
+		}
+	}
+	return n
+}
