@@ -6,8 +6,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/pki"
@@ -63,38 +66,30 @@ func Render(in RenderInput) (RenderResult, error) {
 		}
 		authorized = append(authorized, strings.TrimSpace(string(data)))
 	}
+	// Clusters are independent (own PKI, own nodes): render them in parallel.
+	results := make([]clusterRender, len(in.Plan.Clusters))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, c := range in.Plan.Clusters {
+		g.Go(func() error {
+			var err error
+			results[i], err = renderCluster(in, c, authorized, selected(in.Clusters, c.Name))
+			if err != nil {
+				return fmt.Errorf("cluster %s: %w", c.Name, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
 	var known bytes.Buffer
-	for _, c := range in.Plan.Clusters {
-		if !selected(in.Clusters, c.Name) {
-			continue
+	for _, r := range results {
+		if r.rendered {
+			res.PKI = append(res.PKI, r.pki)
+			res.Nodes = append(res.Nodes, r.nodes...)
 		}
-		// The host reaches the lab network directly (bridge or veth route), so
-		// the admin kubeconfig points at the first control plane itself.
-		creds, rep, err := pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network,
-			pki.Options{AdminServer: "https://" + c.APIServer.String()})
-		if err != nil {
-			return res, fmt.Errorf("cluster %s: pki: %w", c.Name, err)
-		}
-		res.PKI = append(res.PKI, rep)
-		snippets, err := loadButane(c.Butane)
-		if err != nil {
-			return res, fmt.Errorf("cluster %s: %w", c.Name, err)
-		}
-		for _, n := range c.Nodes {
-			rn, hostPub, err := renderNode(in, c, n, creds, authorized, snippets)
-			if err != nil {
-				return res, fmt.Errorf("render node %s: %w", n.Name, err)
-			}
-			line, err := sshkeys.KnownHostsLine(hostPub, n.Address.String()+":22", fmt.Sprintf("127.0.0.1:%d", n.SSHHostPort))
-			if err != nil {
-				return res, fmt.Errorf("render node %s: %w", n.Name, err)
-			}
-			known.WriteString(line + "\n")
-			res.Nodes = append(res.Nodes, rn)
-		}
-		if err := writeAddons(in, c); err != nil {
-			return res, fmt.Errorf("cluster %s: add-ons: %w", c.Name, err)
-		}
+		known.WriteString(r.knownHosts)
 	}
 	if err := os.WriteFile(in.Layout.KnownHosts(), known.Bytes(), 0o644); err != nil {
 		return res, fmt.Errorf("write known_hosts: %w", err)
@@ -102,12 +97,63 @@ func Render(in RenderInput) (RenderResult, error) {
 	return res, nil
 }
 
-func renderNode(in RenderInput, c plan.Cluster, n plan.Node, creds *pki.Cluster, authorized []string, snippets []ignition.Snippet) (RenderedNode, []byte, error) {
-	dir := in.Layout.Node(c.Name, n.Name)
-	hostKey, err := sshkeys.Ensure(in.Layout.HostKey(c.Name, n.Name), "root@"+n.Name)
-	if err != nil {
-		return RenderedNode{}, nil, fmt.Errorf("ssh host key: %w", err)
+type clusterRender struct {
+	rendered   bool
+	pki        pki.Report
+	nodes      []RenderedNode
+	knownHosts string
+}
+
+// renderCluster renders one cluster; when render is false it only makes
+// sure its nodes' host keys exist, so known_hosts always pins every node.
+func renderCluster(in RenderInput, c plan.Cluster, authorized []string, render bool) (clusterRender, error) {
+	out := clusterRender{rendered: render}
+	var creds *pki.Cluster
+	var snippets []ignition.Snippet
+	if render {
+		// The host reaches the lab network directly (bridge or veth route), so
+		// the admin kubeconfig points at the first control plane itself.
+		var err error
+		creds, out.pki, err = pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network,
+			pki.Options{AdminServer: "https://" + c.APIServer.String()})
+		if err != nil {
+			return out, fmt.Errorf("pki: %w", err)
+		}
+		if snippets, err = loadButane(c.Butane); err != nil {
+			return out, err
+		}
 	}
+	var known strings.Builder
+	for _, n := range c.Nodes {
+		hostKey, err := sshkeys.Ensure(in.Layout.HostKey(c.Name, n.Name), "root@"+n.Name)
+		if err != nil {
+			return out, fmt.Errorf("node %s: ssh host key: %w", n.Name, err)
+		}
+		line, err := sshkeys.KnownHostsLine(hostKey.Public, n.Address.String()+":22", fmt.Sprintf("127.0.0.1:%d", n.SSHHostPort))
+		if err != nil {
+			return out, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		known.WriteString(line + "\n")
+		if !render {
+			continue
+		}
+		rn, err := renderNode(in, c, n, creds, authorized, snippets, hostKey)
+		if err != nil {
+			return out, fmt.Errorf("render node %s: %w", n.Name, err)
+		}
+		out.nodes = append(out.nodes, rn)
+	}
+	out.knownHosts = known.String()
+	if render {
+		if err := writeAddons(in, c); err != nil {
+			return out, fmt.Errorf("add-ons: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func renderNode(in RenderInput, c plan.Cluster, n plan.Node, creds *pki.Cluster, authorized []string, snippets []ignition.Snippet, hostKey sshkeys.Pair) (RenderedNode, error) {
+	dir := in.Layout.Node(c.Name, n.Name)
 	cfg, err := nodeconfig.Build(nodeconfig.Input{
 		Plan:              in.Plan,
 		Cluster:           c,
@@ -119,7 +165,7 @@ func renderNode(in RenderInput, c plan.Cluster, n plan.Node, creds *pki.Cluster,
 		Source:            in.Layout.Spec(),
 	})
 	if err != nil {
-		return RenderedNode{}, nil, err
+		return RenderedNode{}, err
 	}
 	formats := []string{n.Provisioning}
 	if in.AllFormats {
@@ -140,11 +186,11 @@ func renderNode(in RenderInput, c plan.Cluster, n plan.Node, creds *pki.Cluster,
 			err = fmt.Errorf("unknown provisioning %q", f)
 		}
 		if err != nil {
-			return RenderedNode{}, nil, fmt.Errorf("%s: %w", f, err)
+			return RenderedNode{}, fmt.Errorf("%s: %w", f, err)
 		}
 		rn.Formats[f] = path
 	}
-	return rn, hostKey.Public, nil
+	return rn, nil
 }
 
 func loadButane(paths []string) ([]ignition.Snippet, error) {
