@@ -77,7 +77,7 @@ func TestBuildAndBoot(t *testing.T) {
 		}
 	}
 
-	vm := bootVM(t, built.Dir)
+	vm := bootVM(t, built.Dir, true)
 	want := versions.Default()
 	if v := comps.Versions["Kubernetes"]; v != "" {
 		want.Kubernetes = v
@@ -117,6 +117,31 @@ func TestBuildAndBoot(t *testing.T) {
 	if t.Failed() {
 		vm.dumpConsole()
 	}
+	vm.stop()
+
+	// The same overlay boot with cloud-init left enabled and no cidata disk:
+	// it must still come up with the overlay's network (no DHCP fallback
+	// from cloud-init) and the overlay's host key, only slower.
+	t.Run("cloud-init enabled, no cidata", func(t *testing.T) {
+		vm := bootVM(t, built.Dir, false)
+		for _, c := range []struct{ cmd, want string }{
+			{"hostname", "kltest-node"},
+			{"ls /etc/systemd/network/", "10-eth0.network"},
+			{"cloud-init status --long || true", "status: done"},
+			{"ls /etc/ssh/ssh_host_*_key", "/etc/ssh/ssh_host_ed25519_key"},
+		} {
+			out, err := vm.ssh(c.cmd)
+			if err != nil || !strings.Contains(out, c.want) {
+				t.Errorf("%s: %v\n got: %s\nwant: %s", c.cmd, err, out, c.want)
+			}
+		}
+		if out, _ := vm.ssh("ls /etc/systemd/network/ /etc/ssh/"); strings.Contains(out, "cloud-init") || strings.Contains(out, "ssh_host_rsa_key") {
+			t.Errorf("cloud-init overrode the overlay's network or host keys:\n%s", out)
+		}
+		if t.Failed() {
+			vm.dumpConsole()
+		}
+	})
 }
 
 type testWriter struct{ t *testing.T }
@@ -133,6 +158,7 @@ type testVM struct {
 	key     string
 	known   string
 	console string
+	stop    func()
 }
 
 func (vm *testVM) ssh(command string) (string, error) {
@@ -153,7 +179,7 @@ func (vm *testVM) dumpConsole() {
 // bootVM boots the image with an overlay config disk inside a fresh network
 // namespace and waits for the readiness marker. Everything is torn down when
 // the test ends, failed or not.
-func bootVM(t *testing.T, imageDir string) *testVM {
+func bootVM(t *testing.T, imageDir string, noCloudInit bool) *testVM {
 	t.Helper()
 	dir := t.TempDir()
 	suffix := randHex(3)
@@ -218,13 +244,18 @@ func bootVM(t *testing.T, imageDir string) *testVM {
 	if a := os.Getenv("KUBELAB_ACCEL"); a == "kvm" {
 		accel = "kvm"
 	}
+	cmdline := m.KernelCmdline
+	if noCloudInit {
+		cmdline += " " + m.KernelCmdlineNoCloudInit
+	}
 	pidfile := filepath.Join(dir, "qemu.pid")
 	args := []string{"netns", "exec", ns, "qemu-system-x86_64",
 		"-accel", accel, "-cpu", "max", "-smp", "1", "-m", "1024",
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(imageDir, KernelFile), "-initrd", filepath.Join(imageDir, InitrdFile),
-		"-append", m.KernelCmdline + " " + m.KernelCmdlineNoCloudInit,
-		"-drive", "file=" + disk + ",if=virtio,format=qcow2",
+		"-append", cmdline,
+		"-drive", "file=" + disk + ",if=none,id=root,format=qcow2",
+		"-device", "virtio-blk-pci,drive=root",
 		"-drive", "file=" + configTar + ",if=none,id=cfg,format=raw,readonly=on",
 		"-device", "virtio-blk-pci,drive=cfg,serial=" + versions.NodeConfigDisk,
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
@@ -242,17 +273,22 @@ func bootVM(t *testing.T, imageDir string) *testVM {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- qemu.Wait() }()
-	t.Cleanup(func() {
-		_ = qemu.Process.Kill()
-		<-exited
-	})
+	var stopped bool
+	vm.stop = func() {
+		if !stopped {
+			stopped = true
+			_ = qemu.Process.Kill()
+			<-exited
+		}
+	}
+	t.Cleanup(vm.stop)
 
 	marker := versions.ReadyMarker + " kltest-node"
 	deadline := time.After(8 * time.Minute)
 	for {
 		data, _ := os.ReadFile(vm.console)
 		if bytes.Contains(data, []byte(marker)) {
-			t.Logf("boot to readiness marker (%s): %.1fs", accel, time.Since(bootStart).Seconds())
+			t.Logf("boot to readiness marker (%s, cmdline %q): %.1fs", accel, cmdline, time.Since(bootStart).Seconds())
 			return vm
 		}
 		select {

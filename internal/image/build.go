@@ -347,7 +347,7 @@ func (b *builder) extractKernel() error {
 }
 
 func (b *builder) mkfs(ctx context.Context) error {
-	return runLogged(ctx, filepath.Join(b.work, "mkfs.log"), "mkfs.ext4", "-q", "-F", "-L", "kubelab-root",
+	return runLogged(ctx, filepath.Join(b.work, "mkfs.log"), "mkfs.ext4", "-q", "-F", "-L", RootLabel,
 		"-d", b.root, "-E", "lazy_itable_init=1,lazy_journal_init=1",
 		filepath.Join(b.work, "disk.raw"), b.in.DiskSize)
 }

@@ -38,10 +38,15 @@ var DefaultSources = []string{
 	"deb http://deb.debian.org/debian-security bookworm-security main",
 }
 
+// RootLabel is the ext4 label of the image's root filesystem.
+const RootLabel = "kubelab-root"
+
 // KernelCmdline is the kernel command line kubelab's image is booted with
-// (direct kernel boot). mitigations=off and no predictable interface names
-// save seconds under emulation; eth0 is what the node configs name.
-const KernelCmdline = "root=/dev/vda rw console=ttyS0 mitigations=off net.ifnames=0"
+// (direct kernel boot). The root is found by label: which virtio disk
+// becomes vda depends on PCI slot order, and the config disk may come first.
+// mitigations=off saves seconds under emulation; with net.ifnames=0 the
+// interface is eth0, as the node configs name it.
+const KernelCmdline = "root=LABEL=" + RootLabel + " rw console=ttyS0 mitigations=off net.ifnames=0"
 
 // KernelCmdlineNoCloudInit is appended when the node is configured by the
 // overlay disk: cloud-init then does not run at all.
