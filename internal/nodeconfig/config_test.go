@@ -87,6 +87,12 @@ func TestKubeletConfiguration(t *testing.T) {
 			if kc.PodCIDR != tc.podCIDR {
 				t.Errorf("podCIDR %q, want %q", kc.PodCIDR, tc.podCIDR)
 			}
+			if kc.ResolverConfig == nil {
+				t.Fatal("no resolvConf")
+			}
+			if f, _ := fileByPath(n, *kc.ResolverConfig); !strings.Contains(string(f.Contents), "\nnameserver "+p.Network.Gateway.String()+"\n") {
+				t.Errorf("resolvConf %s does not name the lab gateway:\n%s", *kc.ResolverConfig, f.Contents)
+			}
 			for _, p := range []string{kc.TLSCertFile, kc.TLSPrivateKeyFile, kc.Authentication.X509.ClientCAFile} {
 				if _, ok := fileByPath(n, p); !ok {
 					t.Errorf("kubelet config names %s, which the node does not have", p)

@@ -20,15 +20,17 @@ const (
 	ContainerdSock = "/run/containerd/containerd.sock"
 	KubeletConfig  = "/etc/kubernetes/kubelet.yaml"
 	KubeProxyConf  = "/etc/kubernetes/kube-proxy.yaml"
-	FlannelEnv     = "/run/flannel/subnet.env"
-	FlannelPrefix  = "/coreos.com/network"
-	ScriptDir      = "/usr/local/lib/kubelab"
-	HostsFile      = "/etc/hosts"
-	NetworkdDir    = "/etc/systemd/network"
-	SysctlPath     = "/etc/sysctl.d/90-kubelab.conf"
-	ModulesPath    = "/etc/modules-load.d/kubelab.conf"
-	HostnamePath   = "/etc/hostname"
-	SystemdUnitDir = "/etc/systemd/system"
+	// KubeletResolvConf is the resolv.conf kubelet hands to pods.
+	KubeletResolvConf = "/etc/kubernetes/resolv.conf"
+	FlannelEnv        = "/run/flannel/subnet.env"
+	FlannelPrefix     = "/coreos.com/network"
+	ScriptDir         = "/usr/local/lib/kubelab"
+	HostsFile         = "/etc/hosts"
+	NetworkdDir       = "/etc/systemd/network"
+	SysctlPath        = "/etc/sysctl.d/90-kubelab.conf"
+	ModulesPath       = "/etc/modules-load.d/kubelab.conf"
+	HostnamePath      = "/etc/hostname"
+	SystemdUnitDir    = "/etc/systemd/system"
 )
 
 // Ports of the components.

@@ -112,12 +112,13 @@ tlsCertFile: %s
 tlsPrivateKeyFile: %s
 rotateCertificates: false
 serverTLSBootstrap: false
+resolvConf: %s
 failSwapOn: false
 # Under emulation the runtime answers slowly; the 2m default is tight
 # when many pods start at once.
 runtimeRequestTimeout: 10m0s
 `, certPath(pki.KubernetesCA), ContainerdSock, c.ClusterDomain, c.DNSServiceIP,
-		certPath(pki.KubeletServing(n.Name)), keyPath(pki.KubeletServing(n.Name)))
+		certPath(pki.KubeletServing(n.Name)), keyPath(pki.KubeletServing(n.Name)), KubeletResolvConf)
 	if c.PodNetwork == spec.PodNetworkRoutes && n.PodCIDR.IsValid() {
 		p := n.PodCIDR.String()
 		if n.PodCIDR6.IsValid() {
@@ -145,6 +146,16 @@ func (b *builder) kubelet() error {
 		return err
 	}
 	if err := b.kubeconfig(pki.KubeletClient(n.Name), "kubelet"); err != nil {
+		return err
+	}
+	// Pods with dnsPolicy Default (CoreDNS itself) get this file as their
+	// resolv.conf. The node's own /etc/resolv.conf may be empty or point
+	// at a local stub resolver that a pod cannot reach.
+	var resolv strings.Builder
+	for _, d := range b.node.Network.DNS {
+		fmt.Fprintf(&resolv, "nameserver %s\n", d)
+	}
+	if err := b.text(KubeletResolvConf, 0o644, "Upstream DNS for pods with dnsPolicy Default (CoreDNS forwards to it).", resolv.String()); err != nil {
 		return err
 	}
 	if err := b.text(KubeletConfig, 0o644, "Kubelet configuration of node "+n.Name+".", b.kubeletConfiguration()); err != nil {
