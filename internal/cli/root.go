@@ -60,10 +60,21 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newPlanCmd,
 		newCertsCmd,
 		newRenderCmd,
-		newVersionCmd,
 		newComponentsCmd,
 		newImageCmd,
+		newUpCmd,
+		newStatusCmd,
+		newCheckCmd,
+		newStopCmd,
+		newStartCmd,
+		newRefreshCmd,
+		newDestroyCmd,
+		newSSHCmd,
+		newConsoleCmd,
+		newLogsCmd,
+		newKubeconfigCmd,
 		newHostnetCmd,
+		newVersionCmd,
 	} {
 		root.AddCommand(add(opts))
 	}
