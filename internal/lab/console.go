@@ -1,62 +1,10 @@
 package lab
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
-	"time"
 )
-
-// consoleSize is how far a console log has grown, so a later wait only
-// looks at what a boot printed after this point.
-func consoleSize(path string) int64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return st.Size()
-}
-
-// waitConsole waits until the console log at path shows marker after
-// offset. It polls (the log is a plain file QEMU appends to).
-func waitConsole(ctx context.Context, path string, offset int64, marker string) error {
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if found, err := consoleHas(path, offset, marker); err != nil {
-			return err
-		} else if found {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no %q on the console after %s: %w", marker, path, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-func consoleHas(path string, offset int64, marker string) (bool, error) {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read console: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return false, fmt.Errorf("read console: %w", err)
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return false, fmt.Errorf("read console: %w", err)
-	}
-	return bytes.Contains(data, []byte(marker)), nil
-}
 
 // ConsoleTail returns the last lines of a node's console log, cleaned of
 // the terminal control sequences a serial console carries.

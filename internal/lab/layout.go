@@ -14,5 +14,10 @@ func (l Layout) Node(c, n string) string { return filepath.Join(l.Cluster(c), "n
 func (l Layout) HostKey(c, n string) string {
 	return filepath.Join(l.Node(c, n), "ssh_host_ed25519_key")
 }
-func (l Layout) Images() string            { return filepath.Join(l.Dir, "images") }
-func (l Layout) Timings(cmd string) string { return filepath.Join(l.Dir, "timings-"+cmd+".json") }
+func (l Layout) Images() string             { return filepath.Join(l.Dir, "images") }
+func (l Layout) Timings(cmd string) string  { return filepath.Join(l.Dir, "timings-"+cmd+".json") }
+func (l Layout) HostNet() string            { return filepath.Join(l.Dir, "hostnet") }
+func (l Layout) Kubeconfig(c string) string { return filepath.Join(l.Cluster(c), "kubeconfig") }
+
+// CloudInitDir is the directory of a node's NoCloud files in its node directory.
+const CloudInitDir = "cloud-init"

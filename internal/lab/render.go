@@ -111,11 +111,8 @@ func renderCluster(in RenderInput, c plan.Cluster, authorized []string, render b
 	var creds *pki.Cluster
 	var snippets []ignition.Snippet
 	if render {
-		// The host reaches the lab network directly (bridge or veth route), so
-		// the admin kubeconfig points at the first control plane itself.
 		var err error
-		creds, out.pki, err = pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network,
-			pki.Options{AdminServer: "https://" + c.APIServer.String()})
+		creds, out.pki, err = pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network, pkiOptions(c))
 		if err != nil {
 			return out, fmt.Errorf("pki: %w", err)
 		}
@@ -178,7 +175,7 @@ func renderNode(in RenderInput, c plan.Cluster, n plan.Node, creds *pki.Cluster,
 		case spec.ProvisionIgnition:
 			path, err = ignition.Write(dir, cfg, snippets)
 		case spec.ProvisionCloudInit:
-			path = filepath.Join(dir, "cloud-init")
+			path = filepath.Join(dir, CloudInitDir)
 			_, err = cloudinit.Write(path, cfg)
 		case spec.ProvisionOverlay:
 			path, err = overlay.Write(dir, cfg)

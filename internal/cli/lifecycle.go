@@ -1,0 +1,335 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kubelab/kubelab/internal/driver/qemu"
+	"github.com/kubelab/kubelab/internal/lab"
+	"github.com/kubelab/kubelab/internal/pki"
+	"github.com/kubelab/kubelab/internal/versions"
+)
+
+// loadEnv validates and plans the spec and sets up the lifecycle
+// environment with the QEMU driver. Nothing is touched before it succeeds.
+func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env, error) {
+	l, p, err := loadPlan(g, cmd.ErrOrStderr())
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range clusters {
+		if _, ok := p.Cluster(name); !ok {
+			return nil, fmt.Errorf("no cluster %q in lab.yaml", name)
+		}
+	}
+	dir, err := g.labDir()
+	if err != nil {
+		return nil, err
+	}
+	return &lab.Env{
+		Layout:   lab.Layout{Dir: dir},
+		Lab:      l,
+		Plan:     p,
+		Versions: versions.Default(),
+		Driver:   qemu.New(qemu.Options{}),
+		Out:      cmd.OutOrStdout(),
+		Clusters: clusters,
+	}, nil
+}
+
+// runPhases takes the lab's lock, runs the phases with Ctrl-C cancelling
+// them, and stores their timings for benchmarks.
+func runPhases(cmd *cobra.Command, env *lab.Env, name string, dryRun bool, phases func(context.Context) ([]lab.Phase, error)) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if !dryRun {
+		lock, err := lab.Acquire(env.Layout, name)
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+	}
+	ps, err := phases(ctx)
+	if err != nil {
+		return err
+	}
+	timings, err := lab.Runner{Out: env.Out, DryRun: dryRun}.Run(ctx, ps)
+	if !dryRun && len(timings) > 0 {
+		if werr := lab.WriteTimings(env.Layout.Timings(name), name, timings); werr != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", werr)
+		}
+	}
+	return err
+}
+
+func newUpCmd(g *globalOptions) *cobra.Command {
+	var dryRun, noMerge bool
+	cmd := &cobra.Command{
+		Use:   "up [CLUSTER...]",
+		Short: "Bring the lab (or some clusters) to Ready: render, image, network, disks, boot, etcd, API, add-ons, nodes",
+		Long: "up converges from any state (nothing, partial, stopped, after a crash or Ctrl-C).\n" +
+			"Each phase prints its duration; timings go to <labdir>/timings-up.json.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			env.MergeKubeconfig = !noMerge
+			return runPhases(cmd, env, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
+	cmd.Flags().BoolVar(&noMerge, "no-merge", false, "do not add contexts to the user's kubeconfig")
+	return cmd
+}
+
+func newStartCmd(g *globalOptions) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "start [CLUSTER...]",
+		Short: "Start stopped nodes and wait until the clusters are Ready again (same as up)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			return runPhases(cmd, env, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
+	return cmd
+}
+
+func newStopCmd(g *globalOptions) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "stop [CLUSTER...]",
+		Short: "Power the nodes off; disks, network and PKI stay for start",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			return runPhases(cmd, env, "stop", dryRun, func(context.Context) ([]lab.Phase, error) { return env.StopPhases(), nil })
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	return cmd
+}
+
+func newDestroyCmd(g *globalOptions) *cobra.Command {
+	var dryRun, purge bool
+	cmd := &cobra.Command{
+		Use:   "destroy [CLUSTER...]",
+		Short: "Remove VMs, disks, taps, bridge and rules (when unused), kubeconfig contexts; keeps the PKI unless --purge",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			return runPhases(cmd, env, "destroy", dryRun, func(context.Context) ([]lab.Phase, error) { return env.DestroyPhases(purge), nil })
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed, remove nothing")
+	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the clusters' PKI and directories")
+	return cmd
+}
+
+func newRefreshCmd(g *globalOptions) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "refresh NODE",
+		Short: "Re-provision a node from its image, keeping its identity; it rejoins",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			return runPhases(cmd, env, "refresh", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.RefreshPhases(ctx, args[0]) })
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	return cmd
+}
+
+func newStatusCmd(g *globalOptions) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status [CLUSTER...]",
+		Short: "Show every node's VM state, address, ssh forward and Kubernetes readiness",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			rows, err := env.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				b, err := json.MarshalIndent(rows, "", "  ")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "CLUSTER\tNODE\tROLES\tSTATE\tADDRESS\tSSH\tREADY")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Cluster, r.Node, strings.Join(r.Roles, ","), r.State, r.Address, r.SSH, r.Ready)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+// sshArgs logs in as root with the lab's key and the node's pinned host key:
+// no prompts, no trust on first use.
+func sshArgs(env *lab.Env, node string, command []string) ([]string, error) {
+	_, n, ok := env.Plan.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("no node %q in lab.yaml", node)
+	}
+	args := []string{"ssh", "-i", env.Layout.SSHKey(), "-o", "IdentitiesOnly=yes",
+		"-o", "UserKnownHostsFile=" + env.Layout.KnownHosts(), "-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+		"-o", "ConnectTimeout=10", "root@" + n.Address.String()}
+	return append(args, command...), nil
+}
+
+func newSSHCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh NODE [COMMAND...]",
+		Short: "Log in to a node as root (lab key, pinned host key, no prompts)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			sa, err := sshArgs(env, args[0], args[1:])
+			if err != nil {
+				return err
+			}
+			bin, err := exec.LookPath("ssh")
+			if err != nil {
+				return fmt.Errorf("ssh client not found (apt-get install openssh-client): %w", err)
+			}
+			return syscall.Exec(bin, sa, os.Environ())
+		},
+	}
+}
+
+func newLogsCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs NODE [UNIT]",
+		Short: "Print a node's journal of this boot (or one unit's), over ssh",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			remote := []string{"journalctl", "-b", "--no-pager"}
+			if len(args) == 2 {
+				remote = append(remote, "-u", args[1])
+			}
+			sa, err := sshArgs(env, args[0], remote)
+			if err != nil {
+				return err
+			}
+			c := exec.CommandContext(cmd.Context(), sa[0], sa[1:]...)
+			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if err := c.Run(); err != nil {
+				return fmt.Errorf("logs of %s: %w (is the node up? try kubelab console %s)", args[0], err, args[0])
+			}
+			return nil
+		},
+	}
+}
+
+func newConsoleCmd(g *globalOptions) *cobra.Command {
+	var noFollow bool
+	cmd := &cobra.Command{
+		Use:   "console NODE",
+		Short: "Show a node's serial console log and follow it (Ctrl-C to leave)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			c, n, ok := env.Plan.Node(args[0])
+			if !ok {
+				return fmt.Errorf("no node %q in lab.yaml", args[0])
+			}
+			m, err := env.Machine(c, n)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			return followFile(ctx, env.Driver.ConsolePath(m), cmd.OutOrStdout(), !noFollow)
+		},
+	}
+	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "print what is there and exit")
+	return cmd
+}
+
+// followFile copies path to w and, when follow is set, keeps copying what
+// is appended until ctx ends.
+func followFile(ctx context.Context, path string, w io.Writer, follow bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("console log: %w (has the node been started?)", err)
+	}
+	defer f.Close()
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func newKubeconfigCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "kubeconfig CLUSTER",
+		Short: "Print the cluster's admin kubeconfig",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := loadEnv(g, cmd, args)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(pki.KubeconfigPath(pki.Dir(env.Layout.Dir, args[0]), pki.Admin))
+			if err != nil {
+				return fmt.Errorf("kubeconfig of %s: %w (run kubelab render or up)", args[0], err)
+			}
+			_, err = cmd.OutOrStdout().Write(data)
+			return err
+		},
+	}
+}

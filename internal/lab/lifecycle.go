@@ -1,0 +1,230 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/hostnet"
+	"github.com/kubelab/kubelab/internal/pki"
+	"github.com/kubelab/kubelab/internal/plan"
+	"github.com/kubelab/kubelab/internal/spec"
+)
+
+// StopPhases shut every selected node down gracefully; disks, network and
+// PKI stay, so `start` brings the cluster back with its data.
+func (e *Env) StopPhases() []Phase {
+	cls := e.clusters()
+	return []Phase{{
+		Name:     "stop",
+		Describe: func() string { return "power every node off (ACPI, then kill after the driver's timeout)" },
+		Run:      func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Stop) },
+	}}
+}
+
+// DestroyPhases remove what `up` made for the selected clusters: VMs and
+// disks, kubeconfig contexts, and the host network when no cluster is left
+// using it (otherwise it is re-applied without the destroyed nodes). With
+// purge the clusters' directories (PKI included) go too.
+func (e *Env) DestroyPhases(purge bool) []Phase {
+	cls := e.clusters()
+	remaining := e.remainingPlan()
+	return []Phase{
+		{Name: "vms", Describe: func() string { return "stop and delete every node's VM and disk" },
+			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Delete) }},
+		{Name: "network", Describe: func() string {
+			if len(remaining.Clusters) == 0 {
+				return "remove the bridge, taps, rules and the namespace kubelab created"
+			}
+			return "remove the destroyed nodes' taps and forwards, keep the rest"
+		}, Run: func(ctx context.Context) error {
+			if len(remaining.Clusters) == 0 {
+				return hostnet.Remove(ctx, hostnet.FromPlan(e.Plan, e.Layout.HostNet()))
+			}
+			_, err := hostnet.Apply(ctx, hostnet.FromPlan(remaining, e.Layout.HostNet()))
+			return err
+		}},
+		{Name: "kubeconfig", Describe: func() string { return "remove the clusters' contexts from the user's kubeconfig" },
+			Run: func(ctx context.Context) error { return e.removeKubeconfigs(cls) }},
+		{Name: "files", Describe: func() string {
+			if purge {
+				return "remove the clusters' directories, PKI included"
+			}
+			return "remove node directories and kubeconfigs; keep the PKI (use --purge to remove it)"
+		}, Run: func(ctx context.Context) error { return e.removeFiles(cls, purge) }},
+	}
+}
+
+// remainingPlan is the plan without the clusters being destroyed.
+func (e *Env) remainingPlan() *plan.Plan {
+	rest := *e.Plan
+	rest.Clusters, rest.Forwards = nil, nil
+	if len(e.Clusters) == 0 {
+		return &rest // destroying everything
+	}
+	keep := map[string]bool{}
+	for _, c := range e.Plan.Clusters {
+		if !selected(e.Clusters, c.Name) {
+			rest.Clusters = append(rest.Clusters, c)
+			keep[c.Name] = true
+		}
+	}
+	for _, f := range e.Plan.Forwards {
+		if keep[f.Cluster] || (f.Cluster == "" && len(rest.Clusters) > 0) {
+			rest.Forwards = append(rest.Forwards, f)
+		}
+	}
+	return &rest
+}
+
+func (e *Env) removeKubeconfigs(cls []plan.Cluster) error {
+	user, err := UserKubeconfig()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range cls {
+		if err := RemoveContext(user, pki.ContextName(e.Lab.Name, c.Name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Env) removeFiles(cls []plan.Cluster, purge bool) error {
+	for _, c := range cls {
+		if purge {
+			if err := os.RemoveAll(e.Layout.Cluster(c.Name)); err != nil {
+				return err
+			}
+			continue
+		}
+		// Node directories hold disks, consoles and rendered configs; the
+		// host keys go with them (a re-created node gets new ones).
+		if err := os.RemoveAll(filepath.Join(e.Layout.Cluster(c.Name), "nodes")); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(e.Layout.Kubeconfig(c.Name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RefreshPhases re-provision one node from its image, the Xen guide's
+// "refresh": its configuration is rendered again, its disk is replaced by a
+// fresh overlay on the image, and it boots through first-boot provisioning
+// again, keeping its identity (name, address, keys, certificates).
+func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, error) {
+	c, n, ok := e.Plan.Node(nodeName)
+	if !ok {
+		return nil, fmt.Errorf("no node %q in lab.yaml", nodeName)
+	}
+	rp, ok := e.Driver.(driver.Reprovisioner)
+	if !ok {
+		return nil, fmt.Errorf("the %s driver cannot re-provision a node", e.Driver.Name())
+	}
+	m, err := e.Machine(c, n)
+	if err != nil {
+		return nil, err
+	}
+	e.Clusters = []string{c.Name}
+	one := []plan.Cluster{{Name: c.Name, Nodes: []plan.Node{n}}}
+	t := e.timeouts(ctx)
+	phases := []Phase{
+		{Name: "render", Describe: func() string { return "render the cluster's configuration again (keys are reused)" },
+			Run: func(ctx context.Context) error { return e.render() }},
+		{Name: "stop", Describe: func() string { return "power the node off" },
+			Run: func(ctx context.Context) error { return e.Driver.Stop(ctx, m) }},
+		{Name: "reprovision", Describe: func() string { return "replace its disk with a fresh overlay on " + m.BaseImage },
+			Run: func(ctx context.Context) error {
+				if err := rp.Reprovision(ctx, m); err != nil {
+					return err
+				}
+				return e.Driver.Create(ctx, m)
+			}},
+		{Name: "boot", Describe: func() string { return "boot it and wait for its readiness marker" },
+			Run: func(ctx context.Context) error { return e.boot(ctx, one, t.Boot) }},
+	}
+	if n.HasRole(spec.RoleEtcd) {
+		phases = append(phases, Phase{Name: "etcd", Describe: func() string { return "wait for its etcd member to be healthy" },
+			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, one, t.Etcd) }})
+	}
+	if n.HasRole(spec.RoleControlPlane) {
+		phases = append(phases, Phase{Name: "apiserver", Describe: func() string { return "wait for the API server" },
+			Run: func(ctx context.Context) error { return e.waitAPI(ctx, []plan.Cluster{c}, t.APIServer) }})
+	}
+	if n.HasRole(spec.RoleWorker) {
+		phases = append(phases, Phase{Name: "node", Describe: func() string { return "wait until it is Ready again" },
+			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t.Nodes) }})
+	}
+	return phases, nil
+}
+
+// NodeStatus is one row of `kubelab status`.
+type NodeStatus struct {
+	Cluster string   `json:"cluster"`
+	Node    string   `json:"node"`
+	Roles   []string `json:"roles"`
+	State   string   `json:"state"`
+	Address string   `json:"address"`
+	SSH     int      `json:"sshHostPort"`
+	Ready   string   `json:"ready"` // Kubernetes node Ready condition, "-" when not a worker or unknown
+}
+
+// Status reports every selected node's VM state and, for workers, its
+// Kubernetes readiness (asked with a short timeout).
+func (e *Env) Status(ctx context.Context) ([]NodeStatus, error) {
+	var out []NodeStatus
+	for _, c := range e.clusters() {
+		ready := map[string]string{}
+		if cs, err := e.clientset(c); err == nil {
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ready = nodeReadiness(qctx, cs)
+			cancel()
+		}
+		for _, n := range c.Nodes {
+			m, err := e.Machine(c, n)
+			if err != nil {
+				return nil, err
+			}
+			st, err := e.Driver.State(ctx, m)
+			if err != nil {
+				return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+			r := "-"
+			if v, ok := ready[n.Name]; ok {
+				r = v
+			}
+			out = append(out, NodeStatus{Cluster: c.Name, Node: n.Name, Roles: n.Roles, State: string(st),
+				Address: n.Address.String(), SSH: n.SSHHostPort, Ready: r})
+		}
+	}
+	return out, nil
+}
+
+// nodeReadiness maps node names to their Ready condition status.
+func nodeReadiness(ctx context.Context, cs kubernetes.Interface) map[string]string {
+	out := map[string]string{}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return out
+	}
+	for _, n := range nodes.Items {
+		out[n.Name] = "Unknown"
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				out[n.Name] = string(cond.Status)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,472 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubelab/kubelab/internal/components"
+	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/hostnet"
+	"github.com/kubelab/kubelab/internal/image"
+	"github.com/kubelab/kubelab/internal/nodeconfig"
+	"github.com/kubelab/kubelab/internal/pki"
+	"github.com/kubelab/kubelab/internal/plan"
+	"github.com/kubelab/kubelab/internal/render/ignition"
+	"github.com/kubelab/kubelab/internal/render/overlay"
+	"github.com/kubelab/kubelab/internal/spec"
+	"github.com/kubelab/kubelab/internal/verify"
+	"github.com/kubelab/kubelab/internal/versions"
+)
+
+// Env is what the lifecycle commands work with: the validated spec, its
+// plan, the lab directory and a hypervisor driver.
+type Env struct {
+	Layout   Layout
+	Lab      *spec.Lab
+	Plan     *plan.Plan
+	Versions versions.Set
+	Driver   driver.Driver
+	Out      io.Writer
+	// Clusters limits the command to these clusters; empty means all.
+	Clusters []string
+	// MergeKubeconfig adds a context per cluster to the user's kubeconfig.
+	MergeKubeconfig bool
+	// Timeouts are scaled to the accelerator; zero values get defaults.
+	Timeouts Timeouts
+}
+
+// Timeouts bound each wait of `up`. Defaults are for software emulation
+// (TCG), where a node boots in about a minute and the API server starts
+// about 16x slower than on hardware; with KVM they are divided by four.
+type Timeouts struct {
+	Boot, Etcd, APIServer, Nodes, Addons time.Duration
+}
+
+func (e *Env) timeouts(ctx context.Context) Timeouts {
+	t := e.Timeouts
+	def := Timeouts{Boot: 10 * time.Minute, Etcd: 5 * time.Minute, APIServer: 10 * time.Minute, Nodes: 10 * time.Minute, Addons: 10 * time.Minute}
+	if a, ok := e.Driver.(driver.Accelerated); ok {
+		if acc, err := a.Accelerator(ctx); err == nil && acc == "kvm" {
+			def = Timeouts{Boot: def.Boot / 4, Etcd: def.Etcd / 4, APIServer: def.APIServer / 4, Nodes: def.Nodes / 4, Addons: def.Addons / 4}
+		}
+	}
+	if t.Boot == 0 {
+		t.Boot = def.Boot
+	}
+	if t.Etcd == 0 {
+		t.Etcd = def.Etcd
+	}
+	if t.APIServer == 0 {
+		t.APIServer = def.APIServer
+	}
+	if t.Nodes == 0 {
+		t.Nodes = def.Nodes
+	}
+	if t.Addons == 0 {
+		t.Addons = def.Addons
+	}
+	return t
+}
+
+// clusters is the plan's clusters the command works on.
+func (e *Env) clusters() []plan.Cluster {
+	var out []plan.Cluster
+	for _, c := range e.Plan.Clusters {
+		if selected(e.Clusters, c.Name) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Machine is the driver's view of a node: its disk on the node's image,
+// direct kernel boot, its tap, and its configuration medium.
+func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
+	imgDir := filepath.Join(e.Layout.Images(), n.Image)
+	m := driver.Machine{
+		Lab:       e.Lab.Name,
+		Name:      n.Name,
+		Dir:       e.Layout.Node(c.Name, n.Name),
+		CPUs:      n.CPUs,
+		MemoryMiB: n.MemoryMiB,
+		DiskGiB:   n.DiskGiB,
+		BaseImage: filepath.Join(imgDir, image.DiskFile),
+		MAC:       n.MAC,
+		Tap:       hostnet.TapName(e.Plan.Network.Bridge, n, e.Plan.Network),
+		Netns:     e.Plan.Network.Namespace,
+	}
+	if manifest, err := image.ReadManifest(imgDir); err == nil {
+		if _, err := os.Stat(filepath.Join(imgDir, image.KernelFile)); err == nil {
+			m.Kernel = filepath.Join(imgDir, image.KernelFile)
+			m.Initrd = filepath.Join(imgDir, image.InitrdFile)
+			m.Cmdline = manifest.KernelCmdline
+			if n.Provisioning == spec.ProvisionOverlay && manifest.KernelCmdlineNoCloudInit != "" {
+				m.Cmdline += " " + manifest.KernelCmdlineNoCloudInit
+			}
+		}
+	}
+	switch n.Provisioning {
+	case spec.ProvisionOverlay:
+		m.Config = driver.Config{Kind: driver.ConfigOverlay, Path: filepath.Join(m.Dir, overlay.FileName)}
+	case spec.ProvisionCloudInit:
+		m.Config = driver.Config{Kind: driver.ConfigCloudInit, Path: filepath.Join(m.Dir, CloudInitDir)}
+	case spec.ProvisionIgnition:
+		m.Config = driver.Config{Kind: driver.ConfigIgnition, Path: filepath.Join(m.Dir, ignition.FileName)}
+	}
+	return m, nil
+}
+
+// UpPhases are the ordered phases of `kubelab up`. Each converges: run on a
+// lab in any state (nothing, partial, stopped, crashed) they bring it to
+// Ready without duplicating anything.
+func (e *Env) UpPhases(ctx context.Context) []Phase {
+	t := e.timeouts(ctx)
+	cls := e.clusters()
+	return []Phase{
+		{Name: "render", Describe: func() string { return "write PKI, ssh keys and node configurations into " + e.Layout.Dir },
+			Run: func(ctx context.Context) error { return e.render() }},
+		{Name: "image", Describe: func() string {
+			return "make sure each node's image is in " + e.Layout.Images() + " (build kubelab's from cached components)"
+		},
+			Run: e.ensureImages},
+		{Name: "network", Describe: func() string { return e.describeNetwork() },
+			Run: func(ctx context.Context) error {
+				_, err := hostnet.Apply(ctx, hostnet.FromPlan(e.Plan, e.Layout.HostNet()))
+				return err
+			}},
+		{Name: "disks", Describe: func() string { return "create a qcow2 overlay disk and config medium per node" },
+			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Create) }},
+		{Name: "boot", Describe: func() string {
+			return fmt.Sprintf("start every node and wait for %q on its console (up to %s)", versions.ReadyMarker, t.Boot)
+		},
+			Run: func(ctx context.Context) error { return e.boot(ctx, cls, t.Boot) }},
+		{Name: "etcd", Describe: func() string {
+			return fmt.Sprintf("wait for /health on every etcd member over mTLS (up to %s)", t.Etcd)
+		},
+			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, cls, t.Etcd) }},
+		{Name: "apiserver", Describe: func() string { return fmt.Sprintf("wait for the API server's /readyz (up to %s)", t.APIServer) },
+			Run: func(ctx context.Context) error { return e.waitAPI(ctx, cls, t.APIServer) }},
+		{Name: "addons", Describe: func() string { return "apply RBAC (as super-admin) and CoreDNS (as admin)" },
+			Run: func(ctx context.Context) error { return e.applyAddons(ctx, cls, t.Addons) }},
+		{Name: "nodes", Describe: func() string { return fmt.Sprintf("wait until every worker is Ready (up to %s)", t.Nodes) },
+			Run: func(ctx context.Context) error { return e.waitNodes(ctx, cls, t.Nodes) }},
+		{Name: "dns", Describe: func() string { return fmt.Sprintf("wait until CoreDNS is available (up to %s)", t.Addons) },
+			Run: func(ctx context.Context) error { return e.waitDNS(ctx, cls, t.Addons) }},
+		{Name: "kubeconfig", Describe: func() string { return "write each cluster's kubeconfig and merge its context into the user's" },
+			Run: func(ctx context.Context) error { return e.writeKubeconfigs(cls) }},
+	}
+}
+
+func (e *Env) render() error {
+	_, err := Render(RenderInput{Layout: e.Layout, Lab: e.Lab, Plan: e.Plan, Versions: e.Versions, Clusters: e.Clusters})
+	return err
+}
+
+func (e *Env) describeNetwork() string {
+	n := e.Plan.Network
+	where := "in the current network namespace"
+	if n.Namespace != "" {
+		where = "in network namespace " + n.Namespace + " (veth to the host)"
+	}
+	return fmt.Sprintf("bridge %s with %s, one tap per node, NAT and %d port forwards, %s", n.Bridge, n.Gateway, len(e.Plan.Forwards), where)
+}
+
+// ensureImages makes sure every image a node uses is in the lab. kubelab's
+// own image is built from the cached components when missing; foreign
+// images must have been imported.
+func (e *Env) ensureImages(ctx context.Context) error {
+	needed := map[string]bool{}
+	for _, c := range e.clusters() {
+		for _, n := range c.Nodes {
+			needed[n.Image] = true
+		}
+	}
+	for name := range needed {
+		if _, err := image.ReadManifest(filepath.Join(e.Layout.Images(), name)); err == nil {
+			continue
+		}
+		if name != spec.DefaultImage {
+			return fmt.Errorf("image %q is not in %s; import it with `kubelab image import`", name, e.Layout.Images())
+		}
+		comp, err := components.Lookup(ctx, components.Options{Versions: e.Versions})
+		if err != nil {
+			return fmt.Errorf("image %q is missing and the components to build it are not cached (run `kubelab components build`): %w", name, err)
+		}
+		loaded, err := image.LoadComponents(comp.Dir)
+		if err != nil {
+			return err
+		}
+		cacheDir, err := image.DefaultCacheDir()
+		if err != nil {
+			return err
+		}
+		built, err := image.Build(ctx, image.BuildOptions{Components: loaded, CacheDir: cacheDir, Progress: e.Out})
+		if err != nil {
+			return fmt.Errorf("build image %q: %w", name, err)
+		}
+		if _, err := image.Install(built.Dir, e.Layout.Dir, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachNode runs fn for every node of cls in parallel and joins the errors.
+func (e *Env) eachNode(ctx context.Context, cls []plan.Cluster, fn func(context.Context, driver.Machine) error) error {
+	var g errgroup.Group
+	var mu sync.Mutex
+	var errs []error
+	for _, c := range cls {
+		for _, n := range c.Nodes {
+			m, err := e.Machine(c, n)
+			if err != nil {
+				return err
+			}
+			g.Go(func() error {
+				if err := fn(ctx, m); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+	}
+	g.Wait()
+	return errors.Join(errs...)
+}
+
+// boot starts every node that is not running and waits for its readiness
+// marker. A node already running is only checked for having booted.
+func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return e.eachNode(ctx, cls, func(ctx context.Context, m driver.Machine) error {
+		console := e.Driver.ConsolePath(m)
+		state, err := e.Driver.State(ctx, m)
+		if err != nil {
+			return err
+		}
+		from := int64(0)
+		if state != driver.StateRunning {
+			from = driver.ConsoleSize(console)
+			if err := e.Driver.Start(ctx, m); err != nil {
+				return fmt.Errorf("start: %w\n%s", err, consoleReport(console))
+			}
+		}
+		// A node that was already running has printed its marker in the
+		// current boot; from=0 finds it (or a later one) in the log.
+		alive := func() bool {
+			s, err := e.Driver.State(context.Background(), m)
+			return err == nil && s == driver.StateRunning
+		}
+		if err := driver.WaitConsole(ctx, console, from, versions.ReadyMarker+" "+m.Name, alive); err != nil {
+			return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
+		}
+		fmt.Fprintf(e.Out, "    %s booted\n", m.Name)
+		return nil
+	})
+}
+
+func consoleReport(path string) string {
+	return "--- last lines of " + path + " ---\n" + ConsoleTail(path, 30)
+}
+
+func (e *Env) consoleOf(c plan.Cluster, n plan.Node) string {
+	m, _ := e.Machine(c, n)
+	return consoleReport(e.Driver.ConsolePath(m))
+}
+
+func (e *Env) waitEtcd(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var g errgroup.Group
+	for _, c := range cls {
+		creds, _, err := pki.Ensure(e.Layout.Dir, e.Lab.Name, c, e.Plan.Network, pkiOptions(c))
+		if err != nil {
+			return err
+		}
+		ca, err := creds.CACert(pki.EtcdCA)
+		if err != nil {
+			return err
+		}
+		cert, key, err := creds.PEM(pki.EtcdAPIServerClient)
+		if err != nil {
+			return err
+		}
+		for _, n := range c.NodesWithRole(spec.RoleEtcd) {
+			g.Go(func() error {
+				endpoint := "https://" + n.Address.String() + ":2379"
+				if err := poll(ctx, 2*time.Second, func(ctx context.Context) error { return etcdHealthy(ctx, endpoint, ca, cert, key) }); err != nil {
+					return fmt.Errorf("etcd member %s (%s) not healthy: %w\n%s", n.Name, endpoint, err, e.consoleOf(c, n))
+				}
+				return nil
+			})
+		}
+	}
+	return g.Wait()
+}
+
+// pkiOptions: the host reaches the lab network directly (bridge, or veth
+// route to the lab namespace), so the admin kubeconfig points at the first
+// control plane itself rather than at a port forward.
+func pkiOptions(c plan.Cluster) pki.Options {
+	return pki.Options{AdminServer: "https://" + c.APIServer.String()}
+}
+
+// restConfig loads a kubeconfig from the cluster's PKI (admin or super-admin).
+func (e *Env) restConfig(c plan.Cluster, name string) (*rest.Config, error) {
+	data, err := os.ReadFile(pki.KubeconfigPath(pki.Dir(e.Layout.Dir, c.Name), name))
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w (run kubelab render)", c.Name, err)
+	}
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %s kubeconfig: %w", c.Name, name, err)
+	}
+	cfg.Proxy = nil // lab traffic never goes through a proxy
+	return cfg, nil
+}
+
+func (e *Env) forEachCluster(ctx context.Context, cls []plan.Cluster, timeout time.Duration, fn func(context.Context, plan.Cluster) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var g errgroup.Group
+	for _, c := range cls {
+		g.Go(func() error {
+			if err := fn(ctx, c); err != nil {
+				return fmt.Errorf("cluster %s: %w", c.Name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+func (e *Env) waitAPI(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	return e.forEachCluster(ctx, cls, timeout, func(ctx context.Context, c plan.Cluster) error {
+		cfg, err := e.restConfig(c, pki.Admin)
+		if err != nil {
+			return err
+		}
+		if err := verify.WaitAPIReady(ctx, cfg); err != nil {
+			cp := c.NodesWithRole(spec.RoleControlPlane)[0]
+			return fmt.Errorf("%w\n%s", err, e.consoleOf(c, cp))
+		}
+		return nil
+	})
+}
+
+// applyAddons applies the RBAC add-on with the super-admin identity (the
+// admin identity gets its rights from it) and the rest as admin.
+func (e *Env) applyAddons(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	return e.forEachCluster(ctx, cls, timeout, func(ctx context.Context, c plan.Cluster) error {
+		manifests, err := nodeconfig.Addons(e.Plan, c, e.Versions)
+		if err != nil {
+			return err
+		}
+		super, err := e.restConfig(c, pki.SuperAdmin)
+		if err != nil {
+			return err
+		}
+		admin, err := e.restConfig(c, pki.Admin)
+		if err != nil {
+			return err
+		}
+		for i, m := range manifests {
+			cfg := admin
+			if i == 0 {
+				cfg = super
+			}
+			if err := poll(ctx, 3*time.Second, func(ctx context.Context) error {
+				_, err := verify.Apply(ctx, cfg, []nodeconfig.Manifest{m})
+				return err
+			}); err != nil {
+				return fmt.Errorf("apply add-on %s: %w", m.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (e *Env) clientset(c plan.Cluster) (*kubernetes.Clientset, error) {
+	cfg, err := e.restConfig(c, pki.Admin)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+func (e *Env) waitNodes(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	return e.forEachCluster(ctx, cls, timeout, func(ctx context.Context, c plan.Cluster) error {
+		cs, err := e.clientset(c)
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, n := range c.NodesWithRole(spec.RoleWorker) {
+			names = append(names, n.Name)
+		}
+		if err := verify.WaitNodesReady(ctx, cs, names); err != nil {
+			var tails []string
+			for _, n := range c.NodesWithRole(spec.RoleWorker) {
+				tails = append(tails, e.consoleOf(c, n))
+			}
+			return fmt.Errorf("%w\n%s", err, strings.Join(tails, "\n"))
+		}
+		return nil
+	})
+}
+
+func (e *Env) waitDNS(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
+	return e.forEachCluster(ctx, cls, timeout, func(ctx context.Context, c plan.Cluster) error {
+		if len(c.NodesWithRole(spec.RoleWorker)) == 0 {
+			return nil // nowhere to run CoreDNS
+		}
+		cs, err := e.clientset(c)
+		if err != nil {
+			return err
+		}
+		return verify.WaitDeploymentAvailable(ctx, cs, "kube-system", "coredns")
+	})
+}
+
+// writeKubeconfigs writes clusters/<c>/kubeconfig (the admin identity) and,
+// when asked, merges its context into the user's kubeconfig.
+func (e *Env) writeKubeconfigs(cls []plan.Cluster) error {
+	for _, c := range cls {
+		data, err := os.ReadFile(pki.KubeconfigPath(pki.Dir(e.Layout.Dir, c.Name), pki.Admin))
+		if err != nil {
+			return err
+		}
+		path := e.Layout.Kubeconfig(c.Name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.Out, "    kubectl --kubeconfig %s get nodes\n", path)
+		if e.MergeKubeconfig {
+			user, err := UserKubeconfig()
+			if err != nil {
+				return err
+			}
+			name, err := MergeContext(user, data)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.Out, "    kubectl --context %s get nodes   (context added to %s)\n", name, user)
+		}
+	}
+	return nil
+}
