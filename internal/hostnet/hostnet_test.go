@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,7 +44,7 @@ func golden(t *testing.T, name, got string) {
 
 func TestApplyBridgeTapsRules(t *testing.T) {
 	requireNetAdmin(t)
-	_, host := newNS(t, "host")
+	hostName, host := newNS(t, "host")
 	c := testConfig(t, "")
 	before := snapshot(t, host)
 	st := apply(t, host, c)
@@ -146,6 +147,11 @@ func TestApplyBridgeTapsRules(t *testing.T) {
 		t.Errorf("rules.nft (%v) does not end with the kernel's rules:\n%s", err, rulesFile)
 	}
 	golden(t, "dhcp-hosts", mustRead(t, filepath.Join(c.StateDir, DHCPHostsFile)))
+	// rules.nft is meant for people, but it is also valid nft input.
+	nft := requireTool(t, "nft")
+	if out, err := exec.Command("ip", "netns", "exec", hostName, nft, "-c", "-f", filepath.Join(c.StateDir, RulesFile)).CombinedOutput(); err != nil {
+		t.Errorf("nft -c -f rules.nft: %v\n%s", err, out)
+	}
 
 	// Show reports the same.
 	var shown State
