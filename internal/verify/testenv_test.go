@@ -125,6 +125,12 @@ func freePort(t testing.TB) int {
 // wait for readiness with WaitAPIReady.
 func startControlPlane(t testing.TB, extra ...string) *testEnv {
 	t.Helper()
+	return startControlPlaneOnly(t, append([]string{"etcd", "kube-apiserver"}, extra...)...)
+}
+
+// startControlPlaneOnly starts the named components of the rendered node.
+func startControlPlaneOnly(t testing.TB, components ...string) *testEnv {
+	t.Helper()
 	bin := testBinaries(t)
 	p := testPlan(t)
 	c := p.Clusters[0]
@@ -168,7 +174,7 @@ func startControlPlane(t testing.TB, extra ...string) *testEnv {
 		}
 	}
 	env.StartedAt = time.Now()
-	for _, name := range append([]string{"etcd", "kube-apiserver"}, extra...) {
+	for _, name := range components {
 		unit, ok := units[name+".service"]
 		if !ok {
 			t.Fatalf("nodeconfig rendered no %s.service for node %s", name, n.Name)
@@ -375,5 +381,12 @@ func (e *testEnv) waitReady(timeout time.Duration) time.Duration {
 				}
 			}
 		}
+	}
+}
+
+// stop stops every process now (cleanup would do it at the end).
+func (e *testEnv) stop() {
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		e.procs[i].stop(e.t)
 	}
 }
