@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Generous bounds for software emulation; a run that needs them is slow,
+// not broken, and the phase timings say where the time went.
+const (
+	upTimeout    = 45 * time.Minute
+	checkTimeout = 25 * time.Minute
+	shortTimeout = 5 * time.Minute
+)
+
+// TestLifecycleOverlay is the issue's main flow with kubelab's own image and
+// overlay provisioning: a killed up converges, check passes (NodePort from a
+// LAN namespace through the host's forward), data survives stop/start, a
+// refreshed worker rejoins, destroy leaves nothing behind.
+func TestLifecycleOverlay(t *testing.T) {
+	h := newHarness(t, "overlay")
+	before := h.residue()
+
+	// up, killed while the VMs boot.
+	h.killedUp()
+	// A new up converges: no duplicate VMs, no leaked taps.
+	h.kubelab(upTimeout, "up")
+	if pids := qemuPIDs(h.lab); len(pids) != 2 {
+		t.Fatalf("after a killed up and a new one there are %d QEMU processes of the lab, want 2: %v", len(pids), pids)
+	}
+	if taps := h.labTaps(); len(taps) != 2 {
+		t.Fatalf("taps after converging: %v, want 2", taps)
+	}
+	h.requireTimings("up")
+	h.requireReady()
+
+	out := h.kubelab(shortTimeout, "ssh", "cp1", "systemctl", "is-active", "etcd", "kube-apiserver")
+	if strings.Count(out, "active") != 2 {
+		t.Fatalf("ssh cp1: etcd and kube-apiserver not both active:\n%s", out)
+	}
+
+	h.kubelab(checkTimeout, "check", "--keep")
+	h.nodePortFromLAN()
+	h.kubectl("delete", "namespace", "kubelab-check", "--wait=false")
+
+	if out, err := h.kubectl("create", "configmap", "e2e-survives", "--from-literal=answer=42"); err != nil {
+		t.Fatalf("create configmap: %v\n%s", err, out)
+	}
+	h.kubelab(shortTimeout, "stop")
+	if pids := qemuPIDs(h.lab); len(pids) != 0 {
+		t.Fatalf("QEMU still running after stop: %v", pids)
+	}
+	h.kubelab(upTimeout, "start")
+	h.requireReady()
+	if out, err := h.kubectl("get", "configmap", "e2e-survives", "-o", "jsonpath={.data.answer}"); err != nil || out != "42" {
+		t.Fatalf("configmap after stop/start: %q %v", out, err)
+	}
+
+	h.kubelab(upTimeout, "refresh", "w1")
+	h.requireReady()
+
+	h.kubelab(shortTimeout, "destroy")
+	if _, err := os.Stat(filepath.Join(h.dir, "clusters", "k1", "pki", "ca.key")); err != nil {
+		t.Errorf("destroy without --purge removed the PKI: %v", err)
+	}
+	if d := before.diff(h.residue()); len(d) > 0 {
+		t.Fatalf("destroy left residue:\n%s", strings.Join(d, "\n"))
+	}
+}
+
+// TestLifecycleCloudInit runs the same cluster provisioned by cloud-init
+// (a NoCloud cidata ISO) instead of the overlay disk.
+func TestLifecycleCloudInit(t *testing.T) {
+	h := newHarness(t, "cloud-init")
+	before := h.residue()
+	h.kubelab(upTimeout, "up")
+	h.requireReady()
+	h.kubelab(checkTimeout, "check")
+	h.kubelab(shortTimeout, "destroy")
+	if d := before.diff(h.residue()); len(d) > 0 {
+		t.Fatalf("destroy left residue:\n%s", strings.Join(d, "\n"))
+	}
+}
+
+// killedUp starts `kubelab up` and SIGKILLs it once a VM is booting.
+func (h *harness) killedUp() {
+	h.t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", h.hostNS, h.bin, "--dir", h.dir, "up")
+	cmd.Env = h.env
+	cmd.Stdout, cmd.Stderr = h.log, h.log
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	console := filepath.Join(h.dir, "clusters", "k1", "nodes", "w1", "console.log")
+	deadline := time.Now().Add(20 * time.Minute) // the image may be built first
+	for time.Now().Before(deadline) {
+		if st, err := os.Stat(console); err == nil && st.Size() > 0 {
+			break
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	time.Sleep(5 * time.Second)
+	cmd.Process.Kill()
+	cmd.Wait()
+	h.t.Logf("killed the first up while booting; QEMU processes now: %v", qemuPIDs(h.lab))
+}
+
+func (h *harness) labTaps() []string {
+	out, _ := exec.Command("ip", "-n", h.hostNS, "-o", "link", "show", "type", "tun").CombinedOutput()
+	var taps []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 {
+			taps = append(taps, strings.TrimSuffix(strings.Split(f[1], "@")[0], ":"))
+		}
+	}
+	return taps
+}
+
+func (h *harness) requireReady() {
+	h.t.Helper()
+	out := h.kubelab(shortTimeout, "status", "-o", "json")
+	var rows []struct {
+		Node, State, Ready string
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &rows); err != nil {
+		h.t.Fatalf("status -o json: %v\n%s", err, out)
+	}
+	for _, r := range rows {
+		if r.State != "running" {
+			h.t.Fatalf("node %s is %s, want running", r.Node, r.State)
+		}
+		if r.Node == "w1" && r.Ready != "True" {
+			h.t.Fatalf("worker w1 Ready=%s, want True", r.Ready)
+		}
+	}
+}
+
+func (h *harness) requireTimings(cmd string) {
+	h.t.Helper()
+	data, err := os.ReadFile(filepath.Join(h.dir, "timings-"+cmd+".json"))
+	if err != nil {
+		h.t.Fatalf("no phase timings for %s: %v", cmd, err)
+	}
+	var doc struct {
+		Phases []struct {
+			Phase   string
+			Seconds float64
+		}
+	}
+	if err := json.Unmarshal(data, &doc); err != nil || len(doc.Phases) < 5 {
+		h.t.Fatalf("phase timings unreadable or short: %v\n%s", err, data)
+	}
+	os.WriteFile(filepath.Join(artifactsDir(h.t), "timings-"+cmd+".json"), data, 0o644)
+}
+
+// nodePortFromLAN fetches the check's NodePort service from the LAN
+// namespace through the host's port forward (the host's LAN address, the
+// cluster's NodePort range forwarded to the lab).
+func (h *harness) nodePortFromLAN() {
+	h.t.Helper()
+	url := fmt.Sprintf("http://%s:%d/", hostLANAddr, 31000+80)
+	var last string
+	for i := 0; i < 30; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.lanNS, "busybox", "wget", "-q", "-O-", "-T", "10", url).CombinedOutput()
+		cancel()
+		if err == nil && len(strings.TrimSpace(string(out))) > 0 {
+			h.t.Logf("NodePort from the LAN namespace through the host forward: %s", strings.TrimSpace(string(out)))
+			return
+		}
+		last = fmt.Sprintf("%v: %s", err, out)
+		time.Sleep(5 * time.Second)
+	}
+	h.t.Fatalf("NodePort %s not reachable from the LAN namespace: %s", url, last)
+}
