@@ -214,3 +214,5 @@ func dial(ns netns.NsHandle, addr string) (string, error) {
 func randRead(b []byte) { rand.Read(b) }
 
 func hexs(b []byte) string { return hex.EncodeToString(b) }
+
+func netParseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }

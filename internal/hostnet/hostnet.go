@@ -205,6 +205,19 @@ func Apply(ctx context.Context, c Config) (State, error) {
 		return nil
 	}
 
+	if ns.separate {
+		// Servers the lab runs in its namespace (DHCP, Ignition over HTTP)
+		// may want loopback.
+		if err := step("loopback in the lab namespace", func() error {
+			lo, err := ns.labH.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			return up(ns.labH, lo)
+		}); err != nil {
+			return State{}, err
+		}
+	}
 	var bridge netlink.Link
 	if err := step("bridge", func() (err error) {
 		bridge, err = ensureBridge(ns.labH, c.Lab, c.Network.Bridge, c.gatewayPrefixes())
@@ -405,7 +418,7 @@ func Remove(ctx context.Context, c Config) error {
 			}
 		}
 	}
-	for _, f := range []string{StateFile, DHCPHostsFile, RulesFile} {
+	for _, f := range []string{StateFile, DHCPHostsFile, RulesFile, LeaseFile} {
 		if err := os.Remove(filepath.Join(c.StateDir, f)); err != nil && !os.IsNotExist(err) {
 			return fail("files", err)
 		}
