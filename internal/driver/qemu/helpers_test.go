@@ -2,12 +2,14 @@ package qemu
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -316,4 +318,39 @@ func rssKiB(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// banner connects to addr from inside the namespace and returns the first
+// line the server sends.
+func (n testNet) banner(addr string) (string, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return "", err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(n.ns)
+	if err != nil {
+		return "", err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return "", err
+	}
+	defer func() { _ = netns.Set(orig) }()
+	var lastErr error
+	for i := 0; i < 10; i++ {
+		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			lastErr = err
+			time.Sleep(3 * time.Second)
+			continue
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	return "", lastErr
 }

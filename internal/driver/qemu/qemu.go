@@ -108,6 +108,10 @@ func (d *Driver) check(m driver.Machine) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
+	if strings.Contains(m.Dir, ",") {
+		// QEMU's option syntax for the pid file, socket and console paths.
+		return fmt.Errorf("machine %s: dir %q: QEMU cannot take a comma in it", m.ID(), m.Dir)
+	}
 	if p := QMPPath(m); len(p) > maxSocketPath {
 		return fmt.Errorf("machine %s: QMP socket path %s is %d bytes, longer than a unix socket allows (%d): use a shorter lab directory", m.ID(), p, len(p), maxSocketPath)
 	}
@@ -540,9 +544,13 @@ func Args(m driver.Machine, accel string) []string {
 		}
 	}
 	// The node disk comes first, so the guest sees it as /dev/vda.
+	disk := "virtio-blk-pci,drive=disk0"
+	if m.Kernel == "" {
+		disk += ",bootindex=0" // the firmware boots from it
+	}
 	a = append(a,
 		"-drive", "file="+optEscape(filepath.Join(m.Dir, DiskFile))+",if=none,id=disk0,format=qcow2,discard=unmap",
-		"-device", "virtio-blk-pci,drive=disk0")
+		"-device", disk)
 	switch m.Config.Kind {
 	case driver.ConfigOverlay:
 		a = append(a,

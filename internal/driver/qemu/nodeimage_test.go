@@ -1,0 +1,128 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/image"
+	"github.com/kubelab/kubelab/internal/versions"
+)
+
+// TestNodeImage boots kubelab's node image through the driver with an
+// overlay config disk, the way `kubelab up` does: readiness marker with the
+// hostname the overlay set, the node answers on the tap's network, ACPI
+// powerdown stops it cleanly, Reprovision gives it a fresh disk. It logs
+// the boot time to the marker and the idle QEMU RSS.
+func TestNodeImage(t *testing.T) {
+	requireVMs(t)
+	img, err := nodeImage()
+	if err != nil {
+		missing(t, err.Error())
+	}
+	manifest, err := image.ReadManifest(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := newTestNet(t)
+	work := t.TempDir()
+	host := "kltest-qemu"
+	overlay := filepath.Join(work, "overlay.tar")
+	err = writeOverlay(overlay, []tarFile{
+		{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+			"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
+		{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := driver.Machine{
+		Lab: "kltest", Name: "node-" + randHex(2), Dir: filepath.Join(work, "node"),
+		CPUs: 1, MemoryMiB: 1024, DiskGiB: 10,
+		BaseImage: filepath.Join(img, "disk.qcow2"),
+		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
+		// The command line the image's manifest recommends for overlay nodes.
+		Cmdline: manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit,
+		MAC:     "52:54:00:4e:31:02", Tap: tn.tap, Netns: tn.ns,
+		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
+	}
+	d := New(Options{})
+	cleanupMachine(t, d, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	accel, err := d.Accelerator(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			data, _ := os.ReadFile(d.ConsolePath(m))
+			lines := strings.Split(string(data), "\n")
+			if len(lines) > 60 {
+				lines = lines[len(lines)-60:]
+			}
+			t.Logf("console tail:\n%s", strings.Join(lines, "\n"))
+		}
+	}()
+
+	t0 := time.Now()
+	if err := d.Create(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("create (overlay disk): %v", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	marker := versions.ReadyMarker + " " + host
+	if err := driver.WaitConsole(ctx, d.ConsolePath(m), 0, marker, func() bool { return d.PID(m) != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node image boot to %q (%s): %.1fs", marker, accel, time.Since(t0).Seconds())
+	mustState(t, d, m, driver.StateRunning)
+
+	// The NIC works: the node's sshd answers inside the test's namespace.
+	if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+		t.Errorf("ssh banner of %s in %s: %q, %v", tn.guestAddr, tn.ns, banner, err)
+	}
+
+	time.Sleep(15 * time.Second) // let the boot settle before measuring
+	if rss, err := rssKiB(d.PID(m)); err == nil {
+		t.Logf("QEMU RSS, idle node (%s, %d MiB guest): %d MiB", accel, m.MemoryMiB, rss>>10)
+	}
+
+	t0 = time.Now()
+	if err := d.Stop(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stop via ACPI powerdown: %.1fs", time.Since(t0).Seconds())
+	mustState(t, d, m, driver.StateStopped)
+	if data, _ := os.ReadFile(d.ConsolePath(m)); !strings.Contains(string(data), "reboot: Power down") {
+		t.Error("the guest did not power itself down (no 'reboot: Power down' on the console): Stop had to kill it")
+	}
+
+	disk := filepath.Join(m.Dir, DiskFile)
+	before, _ := os.Stat(disk)
+	if err := d.Reprovision(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("disk overlay: %d KiB after a boot, %d KiB reprovisioned", before.Size()>>10, after.Size()>>10)
+	if after.Size() >= before.Size() || after.Size() > 1<<20 {
+		t.Errorf("Reprovision did not give a fresh overlay: %d -> %d bytes", before.Size(), after.Size())
+	}
+	if err := d.Delete(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(m.Dir); !os.IsNotExist(err) {
+		t.Errorf("Delete left %s", m.Dir)
+	}
+}
