@@ -26,7 +26,7 @@ import (
 // requireNetAdmin skips (or, under CI=true, fails) when this process cannot
 // make network namespaces with nftables in them. Every test works only in
 // namespaces it makes itself.
-func requireNetAdmin(t *testing.T) {
+func requireNetAdmin(t testing.TB) {
 	t.Helper()
 	fail := t.Skipf
 	if os.Getenv("CI") == "true" {
@@ -48,7 +48,7 @@ func requireNetAdmin(t *testing.T) {
 
 // newNS makes a fresh named network namespace, deleted when the test ends
 // (also on failure). It never touches the calling thread's namespace.
-func newNS(t *testing.T, tag string) (string, netns.NsHandle) {
+func newNS(t testing.TB, tag string) (string, netns.NsHandle) {
 	t.Helper()
 	b := make([]byte, 3)
 	rand.Read(b)
@@ -75,12 +75,12 @@ func newNS(t *testing.T, tag string) (string, netns.NsHandle) {
 
 // runIn runs fn on a thread inside ns, as a caller of this package living
 // in that namespace would.
-func runIn(t *testing.T, ns netns.NsHandle, fn func() error) error {
+func runIn(t testing.TB, ns netns.NsHandle, fn func() error) error {
 	t.Helper()
 	return inNS(ns, fn)
 }
 
-func handle(t *testing.T, ns netns.NsHandle) *netlink.Handle {
+func handle(t testing.TB, ns netns.NsHandle) *netlink.Handle {
 	t.Helper()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -90,7 +90,7 @@ func handle(t *testing.T, ns netns.NsHandle) *netlink.Handle {
 	return h
 }
 
-func nftIn(t *testing.T, ns netns.NsHandle) *nftables.Conn {
+func nftIn(t testing.TB, ns netns.NsHandle) *nftables.Conn {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
@@ -101,7 +101,7 @@ func nftIn(t *testing.T, ns netns.NsHandle) *nftables.Conn {
 
 // testConfig is a small lab: a control plane and a worker, the guide's
 // forwards.
-func testConfig(t *testing.T, namespace string) Config {
+func testConfig(t testing.TB, namespace string) Config {
 	net := plan.Network{
 		CIDR:        netip.MustParsePrefix("192.168.100.0/24"),
 		Gateway:     netip.MustParseAddr("192.168.100.1"),
@@ -132,7 +132,7 @@ func testConfig(t *testing.T, namespace string) Config {
 
 // snapshot is every link and nftables table in a namespace, to prove
 // Remove leaves nothing behind.
-func snapshot(t *testing.T, ns netns.NsHandle) string {
+func snapshot(t testing.TB, ns netns.NsHandle) string {
 	t.Helper()
 	links, err := handle(t, ns).LinkList()
 	if err != nil {
@@ -153,7 +153,7 @@ func snapshot(t *testing.T, ns netns.NsHandle) string {
 	return strings.Join(out, "\n")
 }
 
-func apply(t *testing.T, host netns.NsHandle, c Config) State {
+func apply(t testing.TB, host netns.NsHandle, c Config) State {
 	t.Helper()
 	var st State
 	if err := runIn(t, host, func() (err error) {
@@ -165,7 +165,7 @@ func apply(t *testing.T, host netns.NsHandle, c Config) State {
 	return st
 }
 
-func remove(t *testing.T, host netns.NsHandle, c Config) {
+func remove(t testing.TB, host netns.NsHandle, c Config) {
 	t.Helper()
 	if err := runIn(t, host, func() error { return Remove(context.Background(), c) }); err != nil {
 		t.Fatalf("Remove: %v", err)
@@ -174,7 +174,7 @@ func remove(t *testing.T, host netns.NsHandle, c Config) {
 
 // serve answers every connection with reply(conn) from a listener opened
 // inside ns.
-func serve(t *testing.T, ns netns.NsHandle, addr string, reply func(net.Conn) string) {
+func serve(t testing.TB, ns netns.NsHandle, addr string, reply func(net.Conn) string) {
 	t.Helper()
 	var l net.Listener
 	if err := inNS(ns, func() (err error) { l, err = net.Listen("tcp4", addr); return err }); err != nil {

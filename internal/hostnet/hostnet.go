@@ -176,6 +176,10 @@ func Apply(ctx context.Context, c Config) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	if saved.Namespace != c.Network.Namespace {
+		// What was recorded concerns another namespace (the config changed).
+		saved.NamespaceCreated = false
+	}
 	saved.Lab, saved.Namespace = c.Lab, c.Network.Namespace
 
 	ns, err := open(c, true)
