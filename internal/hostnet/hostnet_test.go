@@ -432,3 +432,24 @@ func TestForeignLinksLeftAlone(t *testing.T) {
 		t.Errorf("Remove touched what is not the lab's:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 }
+
+func TestDualStackGateway(t *testing.T) {
+	requireNetAdmin(t)
+	_, host := newNS(t, "host")
+	c := testConfig(t, "")
+	c.Network.CIDR6 = netip.MustParsePrefix("fd00:100::/64")
+	c.Network.Gateway6 = netip.MustParseAddr("fd00:100::1")
+	st := apply(t, host, c)
+	want := []netip.Prefix{netip.MustParsePrefix("192.168.100.1/24"), netip.MustParsePrefix("fd00:100::1/64")}
+	if fmt.Sprint(st.Bridge.Addresses) != fmt.Sprint(want) {
+		t.Errorf("bridge addresses %v, want %v", st.Bridge.Addresses, want)
+	}
+	// A changed gateway replaces the old address instead of adding one.
+	c.Network.Gateway = netip.MustParseAddr("192.168.100.2")
+	st = apply(t, host, c)
+	want[0] = netip.MustParsePrefix("192.168.100.2/24")
+	if fmt.Sprint(st.Bridge.Addresses) != fmt.Sprint(want) {
+		t.Errorf("after changing the gateway: %v, want %v", st.Bridge.Addresses, want)
+	}
+	remove(t, host, c)
+}

@@ -90,17 +90,10 @@ func fresh(h *netlink.Handle, l netlink.Link) bool {
 }
 
 // setAddrs makes want the only addresses of l in each family want uses.
+// Stale addresses go first: deleting a primary address also deletes the
+// secondaries added after it.
 func setAddrs(h *netlink.Handle, l netlink.Link, want []netip.Prefix) error {
 	name := l.Attrs().Name
-	for _, p := range want {
-		a := &netlink.Addr{IPNet: ipnet(p)}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrReplace(l, a); err != nil {
-			return fmt.Errorf("add address %s to %s: %w", p, name, err)
-		}
-	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		have, err := h.AddrList(l, fam)
 		if err != nil {
@@ -108,15 +101,21 @@ func setAddrs(h *netlink.Handle, l netlink.Link, want []netip.Prefix) error {
 		}
 		for _, a := range have {
 			p := prefixOf(a.IPNet)
-			if contains(want, p) || p.Addr().IsLinkLocalUnicast() && p.Addr().Is6() {
-				continue
-			}
-			if !familyUsed(want, p.Addr().Is4()) {
+			if contains(want, p) || p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() || !familyUsed(want, p.Addr().Is4()) {
 				continue
 			}
 			if err := h.AddrDel(l, &a); err != nil {
 				return fmt.Errorf("remove stale address %s from %s: %w", p, name, err)
 			}
+		}
+	}
+	for _, p := range want {
+		a := &netlink.Addr{IPNet: ipnet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrReplace(l, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", p, name, err)
 		}
 	}
 	return nil
@@ -342,6 +341,18 @@ func ensureVeth(hostH, labH *netlink.Handle, labNS netns.NsHandle, lab, hostName
 	toLab := &netlink.Route{LinkIndex: hl.Attrs().Index, Dst: ipnet(cidr.Masked()), Gw: labAddr.Addr().AsSlice()}
 	if err := hostH.RouteReplace(toLab); err != nil {
 		return fmt.Errorf("route %s via %s dev %s: %w", cidr.Masked(), labAddr.Addr(), hostName, err)
+	}
+	// Routes to a lab network this lab no longer has (its CIDR changed).
+	rs, err := hostH.RouteList(hl, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list routes via %s: %w", hostName, err)
+	}
+	for _, r := range rs {
+		if r.Gw != nil && r.Dst != nil && prefixOf(r.Dst) != cidr.Masked() {
+			if err := hostH.RouteDel(&r); err != nil {
+				return fmt.Errorf("delete stale route %s via %s: %w", r.Dst, hostName, err)
+			}
+		}
 	}
 	def := &netlink.Route{LinkIndex: ll.Attrs().Index, Dst: ipnet(netip.MustParsePrefix("0.0.0.0/0")), Gw: hostAddr.Addr().AsSlice()}
 	if err := labH.RouteReplace(def); err != nil {
