@@ -59,3 +59,22 @@ func TestApplyOverlayParsesMeta(t *testing.T) {
 		})
 	}
 }
+
+// TestCloudInitConfigValid checks the baked cloud.cfg.d snippet against
+// cloud-init's own schema.
+func TestCloudInitConfigValid(t *testing.T) {
+	requireTool(t, "cloud-init")
+	data, err := assets.ReadFile("assets/99-kubelab.cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "cfg.yaml")
+	// The schema tool wants the user-data header; the settings are the same.
+	if err := os.WriteFile(p, append([]byte("#cloud-config\n"), data...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("cloud-init", "schema", "-c", p).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Valid cloud-config") {
+		t.Fatalf("cloud-init schema: %v\n%s", err, out)
+	}
+}
