@@ -102,6 +102,19 @@ func (in Inputs) Hash() string {
 	return hex.EncodeToString(sum[:])
 }
 
+// BaseHash keys the cached mmdebstrap result: only the inputs mmdebstrap
+// itself sees.
+func (in Inputs) BaseHash() string {
+	pkgs := append([]string(nil), in.Packages...)
+	sort.Strings(pkgs)
+	b, err := json.Marshal([]any{in.Builder, in.Suite, in.Sources, pkgs, in.MmdebstrapOpts})
+	if err != nil {
+		panic(fmt.Sprintf("encode image base inputs: %v", err))
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 func defaultMmdebstrapOpts() []string {
 	opts := []string{"--mode=root", "--variant=minbase", "--format=directory",
 		`--aptopt=APT::Install-Recommends "false"`}

@@ -44,12 +44,19 @@ func TestInputsHashChangesExactlyWithInputs(t *testing.T) {
 		{"kernel cmdline", func(in *Inputs) { in.KernelCmdline += " quiet" }, true},
 		{"builder version", func(in *Inputs) { in.Builder = "other" }, true},
 	}
+	refBase := baseInputs(t).BaseHash()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := baseInputs(t)
 			tt.mutate(&in)
 			if got := in.Hash() != ref; got != tt.changes {
 				t.Errorf("hash changed = %v, want %v", got, tt.changes)
+			}
+			// The base system depends on what mmdebstrap sees, nothing else.
+			baseInput := map[string]bool{"package added": true, "package removed": true,
+				"mmdebstrap option": true, "suite": true, "sources": true, "builder version": true}
+			if got := in.BaseHash() != refBase; got != baseInput[tt.name] {
+				t.Errorf("base hash changed = %v, want %v", got, baseInput[tt.name])
 			}
 		})
 	}
