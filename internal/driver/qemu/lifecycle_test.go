@@ -146,6 +146,15 @@ func TestLifecycleInitramfs(t *testing.T) {
 		t.Errorf("%d QEMU processes named %s, want 1", n, m.ID())
 	}
 
+	// A lost pid file does not hide the VM.
+	if err := os.Remove(PIDFilePath(m)); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateRunning)
+	if err := d.Start(ctx, m); err != nil || d.PID(m) != pid || countNamed(t, m.ID()) != 1 {
+		t.Fatalf("Start without a pid file: %v, pid %d (was %d), %d processes", err, d.PID(m), pid, countNamed(t, m.ID()))
+	}
+
 	// Paused by hand: reported, and Start resumes it.
 	if _, err := qmpRun(ctx, QMPPath(m), "stop"); err != nil {
 		t.Fatal(err)

@@ -586,18 +586,22 @@ func Args(m driver.Machine, accel string) []string {
 // optEscape escapes a value inside a QEMU key=value option list.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-// process reads the pid file and reports the pid and whether it is this
-// machine's QEMU.
+// process finds the machine's QEMU: the pid in the pid file if that is the
+// machine's process, else (pid file lost or stale) a scan of /proc for it,
+// so a VM is never started twice.
 func (d *Driver) process(m driver.Machine) (int, bool) {
-	data, err := os.ReadFile(PIDFilePath(m))
-	if err != nil {
-		return 0, false
+	if data, err := os.ReadFile(PIDFilePath(m)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && pid > 0 && isMachineProcess(pid, m) {
+			return pid, true
+		}
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return 0, false
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		if pid, err := strconv.Atoi(filepath.Base(p)); err == nil && isMachineProcess(pid, m) {
+			return pid, true
+		}
 	}
-	return pid, isMachineProcess(pid, m)
+	return 0, false
 }
 
 // isMachineProcess checks /proc/pid/cmdline for this machine's -name and
