@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubelab/kubelab/internal/driver/qemu"
 	"github.com/kubelab/kubelab/internal/versions"
 )
 
@@ -240,9 +241,15 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool) *testVM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	accel := "tcg,tb-size=256"
-	if a := os.Getenv("KUBELAB_ACCEL"); a == "kvm" {
-		accel = "kvm"
+	// KVM where a guest really runs under it (the QEMU driver's probe),
+	// TCG otherwise; KUBELAB_ACCEL=kvm|tcg forces one.
+	accelName, err := qemu.New(qemu.Options{Accel: os.Getenv("KUBELAB_ACCEL")}).Accelerator(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accel, cpu := "tcg,tb-size=256", "max"
+	if accelName == qemu.AccelKVM {
+		accel, cpu = "kvm", "host"
 	}
 	cmdline := m.KernelCmdline
 	if noCloudInit {
@@ -250,7 +257,7 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool) *testVM {
 	}
 	pidfile := filepath.Join(dir, "qemu.pid")
 	args := []string{"netns", "exec", ns, "qemu-system-x86_64",
-		"-accel", accel, "-cpu", "max", "-smp", "1", "-m", "1024",
+		"-accel", accel, "-cpu", cpu, "-smp", "1", "-m", "1024",
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(imageDir, KernelFile), "-initrd", filepath.Join(imageDir, InitrdFile),
 		"-append", cmdline,
