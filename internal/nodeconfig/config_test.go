@@ -383,6 +383,14 @@ func TestContainerdConfig(t *testing.T) {
 		t.Fatalf("containerd config dump: %v\n%s", err, out)
 	}
 	dump := string(out)
+	// containerd ignores unknown keys with a warning, so a misspelt or
+	// misplaced setting shows up only here. Version 3 is accepted by every
+	// containerd 2.x; newer ones note that they migrate it.
+	for _, l := range strings.Split(dump, "\n") {
+		if strings.Contains(l, "level=") && !strings.Contains(l, "level=info") && !strings.Contains(l, "Configuration migrated from version 3") {
+			t.Errorf("containerd complains about the config: %s", l)
+		}
+	}
 	for _, want := range []string{
 		"SystemdCgroup = true",
 		`sandbox = '` + versions.Default().PauseImage() + `'`,
