@@ -247,7 +247,7 @@ func (c *checker) run(ctx context.Context) Report {
 	})
 
 	var web, apiSvc *corev1.Service
-	okServices := c.step("services "+WebService+" (ClusterIP)"+c.nodePortSuffix(), func() (string, error) {
+	okServices := c.step("service "+WebService+" (ClusterIP)", func() (string, error) {
 		var err error
 		web, apiSvc, err = c.createServices(ctx)
 		if err != nil {
@@ -256,7 +256,7 @@ func (c *checker) run(ctx context.Context) Report {
 		return "ClusterIP " + web.Spec.ClusterIP, nil
 	})
 	if !okServers || !okServices {
-		c.skip("client checks", "no servers or services to reach")
+		c.skip("client checks", "no servers or service to reach")
 		return c.rep
 	}
 
@@ -270,11 +270,18 @@ func (c *checker) run(ctx context.Context) Report {
 	if env.tries < 1 {
 		env.tries = 1
 	}
-	if c.o.NodePort != 0 {
-		if ip, err := c.nodeAddress(ctx, nodeB); err == nil {
-			env.nodePort, env.nodePortTarget, env.nodePortTargetNodeIs = c.o.NodePort, ip, nodeB
-		} else {
-			c.add(Result{Name: "NodePort from a pod", Status: Fail, Detail: err.Error()})
+	nodePort := c.o.NodePort
+	if nodePort != 0 {
+		ok := c.step(fmt.Sprintf("service %s (NodePort %d)", NodePortService, nodePort), func() (string, error) {
+			ip, err := c.createNodePort(ctx, nodeB)
+			if err != nil {
+				return "", err
+			}
+			env.nodePort, env.nodePortTarget, env.nodePortTargetNodeIs = nodePort, ip, nodeB
+			return "", nil
+		})
+		if !ok {
+			nodePort = 0
 		}
 	}
 	checks := clientChecks(env)
@@ -291,7 +298,7 @@ func (c *checker) run(ctx context.Context) Report {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		results[len(checks)] = c.outsideNodePort(ctx, []string{nodeA, nodeB})
+		results[len(checks)] = c.outsideNodePort(ctx, nodePort, []string{nodeA, nodeB})
 		fmt.Fprintln(c.o.Progress, results[len(checks)].String())
 	}()
 	wg.Wait()
@@ -299,13 +306,6 @@ func (c *checker) run(ctx context.Context) Report {
 	c.rep.Results = append(c.rep.Results, results...)
 	c.mu.Unlock()
 	return c.rep
-}
-
-func (c *checker) nodePortSuffix() string {
-	if c.o.NodePort == 0 {
-		return ""
-	}
-	return fmt.Sprintf(", %s (NodePort %d)", NodePortService, c.o.NodePort)
 }
 
 // pickNodes returns the nodes to pin pods to: opts.Nodes that exist and
@@ -529,16 +529,27 @@ func (c *checker) createServices(ctx context.Context) (web, api *corev1.Service,
 	if err != nil {
 		return nil, nil, fmt.Errorf("create service %s: %w", WebService, err)
 	}
-	if c.o.NodePort != 0 {
-		if _, err := svcs.Create(ctx, nodePortService(c.o.Namespace, c.o.NodePort), metav1.CreateOptions{}); err != nil {
-			return nil, nil, fmt.Errorf("create service %s with nodePort %d: %w", NodePortService, c.o.NodePort, err)
-		}
-	}
 	api, err = c.cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("get service default/kubernetes: %w", err)
 	}
 	return web, api, nil
+}
+
+// createNodePort creates the NodePort service and returns the address of
+// node, where the in-cluster NodePort check dials it.
+func (c *checker) createNodePort(ctx context.Context, node string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+	ip, err := c.nodeAddress(ctx, node)
+	if err != nil {
+		return "", err
+	}
+	_, err = c.cs.CoreV1().Services(c.o.Namespace).Create(ctx, nodePortService(c.o.Namespace, c.o.NodePort), metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("create service %s with nodePort %d (is the port in the API server's --service-node-port-range and free?): %w", NodePortService, c.o.NodePort, err)
+	}
+	return ip, nil
 }
 
 // nodeAddress is a node's InternalIP, the address NodePorts listen on.
@@ -605,11 +616,11 @@ func triesNote(out string) string {
 
 // outsideNodePort asks the caller's probe for the NodePort until a server
 // node answers.
-func (c *checker) outsideNodePort(ctx context.Context, servers []string) Result {
-	name := fmt.Sprintf("NodePort %d from outside the cluster", c.o.NodePort)
+func (c *checker) outsideNodePort(ctx context.Context, nodePort int, servers []string) Result {
+	name := fmt.Sprintf("NodePort %d from outside the cluster", nodePort)
 	switch {
-	case c.o.NodePort == 0:
-		return Result{Name: "NodePort from outside the cluster", Status: Skip, Detail: "no NodePort given"}
+	case nodePort == 0:
+		return Result{Name: "NodePort from outside the cluster", Status: Skip, Detail: "no NodePort service"}
 	case c.o.NodePortProbe == nil:
 		return Result{Name: name, Status: Skip, Detail: "no probe from outside given"}
 	}
@@ -619,7 +630,7 @@ func (c *checker) outsideNodePort(ctx context.Context, servers []string) Result 
 	var last string
 	for tries := 1; ; tries++ {
 		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-		body, err := c.o.NodePortProbe(pctx, c.o.NodePort)
+		body, err := c.o.NodePortProbe(pctx, nodePort)
 		pcancel()
 		if err != nil {
 			last = err.Error()

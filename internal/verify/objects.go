@@ -96,8 +96,9 @@ while :; do
 done`, cmd, okMarker, tries)
 }
 
-// wgetCmd fetches url with a per-try timeout.
-func wgetCmd(url string) string { return fmt.Sprintf("wget -q -O - -T 5 %s", url) }
+// wgetCmd fetches url with a per-try timeout. Not wget -T: Debian's static
+// busybox 1.35, which the test image carries, segfaults with it.
+func wgetCmd(url string) string { return fmt.Sprintf("timeout 5 wget -q -O - %s", url) }
 
 func nslookupCmd(name string) string { return "nslookup " + name }
 

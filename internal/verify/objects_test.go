@@ -1,6 +1,9 @@
 package verify
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"testing"
@@ -182,6 +185,24 @@ func TestRetryScript(t *testing.T) {
 		if err == nil || !strings.Contains(out, "nope\nkubelab-check: failed 2 tries") || time.Since(start) < 2*time.Second {
 			t.Errorf("%v: failure: %q, %v after %s", sh, out, err, time.Since(start))
 		}
+	}
+}
+
+// TestWgetWithBusybox runs the client command with the busybox the test
+// image is made of against a local server.
+func TestWgetWithBusybox(t *testing.T) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		if ci() {
+			t.Fatalf("busybox is required (hack/install-deps.sh): %v", err)
+		}
+		t.Skip("busybox not installed")
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "w2") }))
+	defer srv.Close()
+	out, err := exec.Command(bb, "sh", "-c", retryScript(wgetCmd(srv.URL+"/"), 2)).CombinedOutput()
+	if got, ok := answer(string(out), []string{"w2"}); err != nil || !ok || got != "w2" {
+		t.Fatalf("busybox wget: %v\n%s", err, out)
 	}
 }
 
