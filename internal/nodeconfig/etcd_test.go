@@ -140,7 +140,14 @@ func TestEtcdMemberAndFlannelConfig(t *testing.T) {
 	// The API server's etcd client works too, and no client certificate
 	// means no access.
 	run(t, "ip", append(clientArgs(pki.EtcdAPIServerClient), "endpoint", "health")...)
-	if out, err := exec.Command("ip", "netns", "exec", ns, etcdctl, ep, ca, "--command-timeout=5s", "get", "/x").CombinedOutput(); err == nil {
+	out, err = exec.Command("ip", "netns", "exec", ns, etcdctl, ep, ca, "--command-timeout=5s", "get", "/x").CombinedOutput()
+	if err == nil {
 		t.Errorf("etcd answered a client without certificate:\n%s", out)
+	}
+	t.Logf("without a client certificate: %v", err)
+	// Separate CAs: a client certificate of the Kubernetes CA is refused.
+	out, err = exec.Command("ip", append(clientArgs(pki.APIServerKubeletClient), "--command-timeout=5s", "get", "/x")...).CombinedOutput()
+	if err == nil {
+		t.Errorf("etcd answered a client with a Kubernetes CA certificate:\n%s", out)
 	}
 }
