@@ -154,6 +154,10 @@ func Build(ctx context.Context, opts BuildOptions) (Built, error) {
 	}
 	// One rename makes the image visible: a cache entry is complete or absent.
 	if err := os.Rename(out, final); err != nil {
+		// A concurrent build of the same inputs got there first: same image.
+		if m, rerr := ReadManifest(final); rerr == nil {
+			return Built{Dir: final, Manifest: m, Cached: true}, nil
+		}
 		return Built{}, fmt.Errorf("store image in cache %s: %w", final, err)
 	}
 	return Built{Dir: final, Manifest: m}, nil
