@@ -69,7 +69,11 @@ type Machine struct {
 	// host network); Netns is the network namespace the tap lives in, and
 	// the hypervisor process runs there. An empty Tap means no NIC.
 	MAC, Tap, Netns string
-	Config          Config
+	// Bridge is the lab bridge, for drivers that make their own interface
+	// and plug it in (Xen's vif-bridge, libvirt's type='bridge'); the QEMU
+	// driver uses Tap and ignores it.
+	Bridge string
+	Config Config
 }
 
 // ID is the name the hypervisor knows the machine by.

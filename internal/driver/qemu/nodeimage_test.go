@@ -11,14 +11,16 @@ import (
 
 	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/image"
+	"github.com/kubelab/kubelab/internal/render/cloudinit"
 	"github.com/kubelab/kubelab/internal/versions"
 )
 
-// TestNodeImage boots kubelab's node image through the driver with an
-// overlay config disk, the way `kubelab up` does: readiness marker with the
-// hostname the overlay set, the node answers on the tap's network, ACPI
-// powerdown stops it cleanly, Reprovision gives it a fresh disk. It logs
-// the boot time to the marker and the idle QEMU RSS.
+// TestNodeImage boots kubelab's node image through the driver, configured
+// by an overlay config disk (kubelab's own way) and by a cloud-init cidata
+// ISO: readiness marker with the hostname the configuration set, the node
+// answers on the tap's network, ACPI powerdown stops it cleanly,
+// Reprovision gives it a fresh disk. It logs the boot time to the marker
+// and the idle QEMU RSS.
 func TestNodeImage(t *testing.T) {
 	requireVMs(t)
 	img := ensureNodeImage(t)
@@ -26,27 +28,58 @@ func TestNodeImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("overlay", func(t *testing.T) {
+		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
+			overlay := filepath.Join(work, "overlay.tar")
+			err := writeOverlay(overlay, []tarFile{
+				{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+					"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
+				{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The command line the image's manifest recommends for overlay nodes.
+			return driver.Config{Kind: driver.ConfigOverlay, Path: overlay}, manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
+		})
+	})
+	t.Run("cloud-init", func(t *testing.T) {
+		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
+			dir := filepath.Join(work, "cloud-init")
+			files := map[string]string{
+				cloudinit.MetaData: "instance-id: " + host + "\nlocal-hostname: " + host + "\n",
+				cloudinit.UserData: "#cloud-config\nhostname: " + host + "\n",
+				cloudinit.NetworkConfig: fmt.Sprintf("version: 2\nethernets:\n  eth0:\n    addresses: [%s/24]\n    routes: [{to: default, via: %s}]\n",
+					tn.guestAddr, tn.hostAddr),
+			}
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for name, body := range files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return driver.Config{Kind: driver.ConfigCloudInit, Path: dir}, manifest.KernelCmdline
+		})
+	})
+}
+
+// bootNodeImage runs one node through the whole lifecycle; config makes its
+// configuration medium and kernel command line.
+func bootNodeImage(t *testing.T, img string, config func(tn testNet, work, host string) (driver.Config, string)) {
 	tn := newTestNet(t)
 	work := t.TempDir()
-	host := "kltest-qemu"
-	overlay := filepath.Join(work, "overlay.tar")
-	err = writeOverlay(overlay, []tarFile{
-		{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
-			"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
-		{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	host := "kltest-" + strings.ReplaceAll(filepath.Base(t.Name()), "-", "")
+	cfg, cmdline := config(tn, work, host)
 	m := driver.Machine{
 		Lab: "kltest", Name: "node-" + randHex(2), Dir: filepath.Join(work, "node"),
 		CPUs: 1, MemoryMiB: 1024, DiskGiB: 10,
 		BaseImage: filepath.Join(img, "disk.qcow2"),
 		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
-		// The command line the image's manifest recommends for overlay nodes.
-		Cmdline: manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit,
+		Cmdline: cmdline,
 		MAC:     "52:54:00:4e:31:02", Tap: tn.tap, Netns: tn.ns,
-		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
+		Config: cfg,
 	}
 	d := New(Options{})
 	cleanupMachine(t, d, m)
@@ -71,7 +104,7 @@ func TestNodeImage(t *testing.T) {
 	if err := d.Create(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("create (overlay disk): %v", time.Since(t0).Round(time.Millisecond))
+	t.Logf("create (disk overlay, config medium): %v", time.Since(t0).Round(time.Millisecond))
 	t0 = time.Now()
 	if err := d.Start(ctx, m); err != nil {
 		t.Fatal(err)
