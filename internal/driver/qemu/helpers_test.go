@@ -25,7 +25,7 @@ import (
 )
 
 // requireTool fails under CI=true and skips elsewhere when a tool is missing.
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -34,7 +34,7 @@ func requireTool(t *testing.T, name string) string {
 	return p
 }
 
-func missing(t *testing.T, why string) {
+func missing(t testing.TB, why string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatal(why)
@@ -42,7 +42,7 @@ func missing(t *testing.T, why string) {
 	t.Skip(why)
 }
 
-func requireVMs(t *testing.T) {
+func requireVMs(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a VM; skipped with -short")
@@ -68,7 +68,7 @@ type testNet struct {
 	ns, tap, hostAddr, guestAddr, prefix string
 }
 
-func newTestNet(t *testing.T) testNet {
+func newTestNet(t testing.TB) testNet {
 	t.Helper()
 	suffix := randHex(3)
 	n := testNet{ns: "kltest-qemu-" + suffix, tap: "kltap0"}

@@ -15,7 +15,7 @@ import (
 
 // cleanupMachine kills the machine's QEMU, whatever the test did, by the
 // pid the driver recorded.
-func cleanupMachine(t *testing.T, d *Driver, m driver.Machine) {
+func cleanupMachine(t testing.TB, d *Driver, m driver.Machine) {
 	t.Cleanup(func() {
 		if pid := d.PID(m); pid > 0 {
 			_ = d.kill(context.Background(), m, pid)
@@ -23,7 +23,7 @@ func cleanupMachine(t *testing.T, d *Driver, m driver.Machine) {
 	})
 }
 
-func mustState(t *testing.T, d *Driver, m driver.Machine, want driver.State) {
+func mustState(t testing.TB, d *Driver, m driver.Machine, want driver.State) {
 	t.Helper()
 	got, err := d.State(context.Background(), m)
 	if err != nil {

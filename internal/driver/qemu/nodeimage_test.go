@@ -28,21 +28,7 @@ func TestNodeImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Run("overlay", func(t *testing.T) {
-		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
-			overlay := filepath.Join(work, "overlay.tar")
-			err := writeOverlay(overlay, []tarFile{
-				{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
-					"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
-				{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The command line the image's manifest recommends for overlay nodes.
-			return driver.Config{Kind: driver.ConfigOverlay, Path: overlay}, manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
-		})
-	})
+	t.Run("overlay", func(t *testing.T) { bootNodeImage(t, img, overlayConfig(t, manifest)) })
 	t.Run("cloud-init", func(t *testing.T) {
 		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
 			dir := filepath.Join(work, "cloud-init")
@@ -67,7 +53,7 @@ func TestNodeImage(t *testing.T) {
 
 // bootNodeImage runs one node through the whole lifecycle; config makes its
 // configuration medium and kernel command line.
-func bootNodeImage(t *testing.T, img string, config func(tn testNet, work, host string) (driver.Config, string)) {
+func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host string) (driver.Config, string)) (bootSeconds float64, rssMiB int) {
 	tn := newTestNet(t)
 	work := t.TempDir()
 	host := "kltest-" + strings.ReplaceAll(filepath.Base(t.Name()), "-", "")
@@ -113,7 +99,8 @@ func bootNodeImage(t *testing.T, img string, config func(tn testNet, work, host 
 	if err := driver.WaitConsole(ctx, d.ConsolePath(m), 0, marker, func() bool { return d.PID(m) != 0 }); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("node image boot to %q (%s): %.1fs", marker, accel, time.Since(t0).Seconds())
+	bootSeconds = time.Since(t0).Seconds()
+	t.Logf("node image boot to %q (%s): %.1fs", marker, accel, bootSeconds)
 	mustState(t, d, m, driver.StateRunning)
 
 	// The NIC works: the node's sshd answers inside the test's namespace.
@@ -123,7 +110,8 @@ func bootNodeImage(t *testing.T, img string, config func(tn testNet, work, host 
 
 	time.Sleep(15 * time.Second) // let the boot settle before measuring
 	if rss, err := rssKiB(d.PID(m)); err == nil {
-		t.Logf("QEMU RSS, idle node (%s, %d MiB guest): %d MiB", accel, m.MemoryMiB, rss>>10)
+		rssMiB = rss >> 10
+		t.Logf("QEMU RSS, idle node (%s, %d MiB guest): %d MiB", accel, m.MemoryMiB, rssMiB)
 	}
 
 	t0 = time.Now()
@@ -155,13 +143,52 @@ func bootNodeImage(t *testing.T, img string, config func(tn testNet, work, host 
 	if _, err := os.Stat(m.Dir); !os.IsNotExist(err) {
 		t.Errorf("Delete left %s", m.Dir)
 	}
+	return bootSeconds, rssMiB
+}
+
+// overlayConfig is the overlay-disk configuration of a test node.
+func overlayConfig(t testing.TB, manifest image.Manifest) func(tn testNet, work, host string) (driver.Config, string) {
+	return func(tn testNet, work, host string) (driver.Config, string) {
+		overlay := filepath.Join(work, "overlay.tar")
+		err := writeOverlay(overlay, []tarFile{
+			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
+			{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The command line the image's manifest recommends for overlay nodes.
+		return driver.Config{Kind: driver.ConfigOverlay, Path: overlay}, manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
+	}
+}
+
+// BenchmarkNodeBoot reports the time from Start to the readiness marker of
+// kubelab's node image with an overlay disk, and QEMU's idle RSS:
+// go test -run '^$' -bench NodeBoot -benchtime 1x ./internal/driver/qemu
+func BenchmarkNodeBoot(b *testing.B) {
+	requireVMs(b)
+	img := ensureNodeImage(b)
+	manifest, err := image.ReadManifest(img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var secs float64
+	var rss int
+	for i := 0; i < b.N; i++ {
+		s, r := bootNodeImage(b, img, overlayConfig(b, manifest))
+		secs += s
+		rss += r
+	}
+	b.ReportMetric(secs/float64(b.N), "s-to-ready")
+	b.ReportMetric(float64(rss)/float64(b.N), "MiB-rss")
 }
 
 // ensureNodeImage returns the node image built from the newest cached
 // components (image.Build reuses a cached image with the same inputs, and
 // builds it otherwise: the image package's tests may run after this one),
 // else the newest image in the cache.
-func ensureNodeImage(t *testing.T) string {
+func ensureNodeImage(t testing.TB) string {
 	t.Helper()
 	cache, err := image.DefaultCacheDir()
 	if err != nil {
