@@ -173,7 +173,8 @@ func (h *harness) nodePortFromLAN() {
 	var last string
 	for i := 0; i < 30; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.lanNS, "busybox", "wget", "-q", "-O-", "-T", "10", url).CombinedOutput()
+		// No wget -T: it crashes Debian's static busybox 1.35; the context bounds it.
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.lanNS, "busybox", "wget", "-q", "-O-", url).CombinedOutput()
 		cancel()
 		if err == nil && len(strings.TrimSpace(string(out))) > 0 {
 			h.t.Logf("NodePort from the LAN namespace through the host forward: %s", strings.TrimSpace(string(out)))
