@@ -35,8 +35,10 @@ func TestNodeImage(t *testing.T) {
 			files := map[string]string{
 				cloudinit.MetaData: "instance-id: " + host + "\nlocal-hostname: " + host + "\n",
 				cloudinit.UserData: "#cloud-config\nhostname: " + host + "\n",
-				cloudinit.NetworkConfig: fmt.Sprintf("version: 2\nethernets:\n  eth0:\n    addresses: [%s/24]\n    routes: [{to: default, via: %s}]\n",
-					tn.guestAddr, tn.hostAddr),
+				// The shape render/cloudinit writes (bookworm's cloud-init 22.4
+				// does not know "to: default").
+				cloudinit.NetworkConfig: fmt.Sprintf("version: 2\nethernets:\n  eth0:\n    match: {macaddress: '%s'}\n    set-name: eth0\n    addresses: [%s/24]\n    routes: [{to: 0.0.0.0/0, via: %s}]\n",
+					testMAC, tn.guestAddr, tn.hostAddr),
 			}
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
@@ -51,6 +53,8 @@ func TestNodeImage(t *testing.T) {
 	})
 }
 
+const testMAC = "52:54:00:4e:31:02"
+
 // bootNodeImage runs one node through the whole lifecycle; config makes its
 // configuration medium and kernel command line.
 func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host string) (driver.Config, string)) (bootSeconds float64, rssMiB int) {
@@ -64,7 +68,7 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 		BaseImage: filepath.Join(img, "disk.qcow2"),
 		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
 		Cmdline: cmdline,
-		MAC:     "52:54:00:4e:31:02", Tap: tn.tap, Netns: tn.ns,
+		MAC:     testMAC, Tap: tn.tap, Netns: tn.ns,
 		Config: cfg,
 	}
 	d := New(Options{})
@@ -75,16 +79,20 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if t.Failed() {
+	// The console goes with Delete: show it on failure before that.
+	dumped := false
+	dumpConsole := func() {
+		if t.Failed() && !dumped {
+			dumped = true
 			data, _ := os.ReadFile(d.ConsolePath(m))
 			lines := strings.Split(string(data), "\n")
-			if len(lines) > 60 {
-				lines = lines[len(lines)-60:]
+			if len(lines) > 80 {
+				lines = lines[len(lines)-80:]
 			}
 			t.Logf("console tail:\n%s", strings.Join(lines, "\n"))
 		}
-	}()
+	}
+	defer dumpConsole()
 
 	t0 := time.Now()
 	if err := d.Create(ctx, m); err != nil {
@@ -137,6 +145,7 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 	if after.Size() >= before.Size() || after.Size() > 1<<20 {
 		t.Errorf("Reprovision did not give a fresh overlay: %d -> %d bytes", before.Size(), after.Size())
 	}
+	dumpConsole()
 	if err := d.Delete(ctx, m); err != nil {
 		t.Fatal(err)
 	}
