@@ -140,7 +140,7 @@ func TestBootOverlayVariants(t *testing.T) {
 		cloudInit   string
 	}{
 		{"cloud-init disabled", true, "disabled"},
-		{"cloud-init enabled, no cidata", false, "status: done"},
+		{"cloud-init enabled without cidata", false, "DataSourceNone"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			vm := bootVM(t, built.Dir, tt.noCloudInit, nil)
@@ -162,7 +162,7 @@ func TestBootOverlayVariants(t *testing.T) {
 			if out, _ := vm.ssh("systemctl --failed --no-legend"); strings.TrimSpace(out) != "" {
 				t.Errorf("failed units on the node:\n%s", out)
 			}
-			if out, err := vm.ssh("systemd-analyze; systemd-analyze blame | head -8"); err == nil {
+			if out, err := vm.ssh("systemd-analyze; systemd-analyze blame | head -8; journalctl -b -o short-monotonic -u kubelab-overlay | tail -4"); err == nil {
 				t.Logf("guest:\n%s", strings.TrimSpace(out))
 			}
 			if t.Failed() {
@@ -288,9 +288,9 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string) *t
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", filepath.Join(imageDir, KernelFile), "-initrd", filepath.Join(imageDir, InitrdFile),
 		"-append", cmdline,
-		"-drive", "file=" + disk + ",if=none,id=root,format=qcow2",
+		"-drive", "file=" + qemuEscape(disk) + ",if=none,id=root,format=qcow2",
 		"-device", "virtio-blk-pci,drive=root",
-		"-drive", "file=" + configTar + ",if=none,id=cfg,format=raw,readonly=on",
+		"-drive", "file=" + qemuEscape(configTar) + ",if=none,id=cfg,format=raw,readonly=on",
 		"-device", "virtio-blk-pci,drive=cfg,serial=" + versions.NodeConfigDisk,
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:4e:31:02",
@@ -337,6 +337,9 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string) *t
 		}
 	}
 }
+
+// qemuEscape doubles commas, QEMU's option separator, in a path.
+func qemuEscape(p string) string { return strings.ReplaceAll(p, ",", ",,") }
 
 type tarEntry struct {
 	name string

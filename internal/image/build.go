@@ -268,6 +268,7 @@ func (b *builder) configure() error {
 		{"kubelab-ready.service", "etc/systemd/system/kubelab-ready.service", 0o644},
 		{"kubelab-ssh-keygen.service", "etc/systemd/system/kubelab-ssh-keygen.service", 0o644},
 		{"apply-overlay", "usr/local/lib/kubelab/apply-overlay", 0o755},
+		{"kubelab-overlay-generator", "usr/lib/systemd/system-generators/kubelab-overlay", 0o755},
 		{"import-images", "usr/local/lib/kubelab/import-images", 0o755},
 		{"ready", "usr/local/lib/kubelab/ready", 0o755},
 		{"99-kubelab.cfg", "etc/cloud/cloud.cfg.d/99-kubelab.cfg", 0o644},
