@@ -7,7 +7,7 @@ packages=(
   # building
   gcc libc6-dev libseccomp-dev pkg-config git ca-certificates
   # node image
-  mmdebstrap e2fsprogs qemu-utils genisoimage busybox-static
+  mmdebstrap e2fsprogs qemu-utils genisoimage busybox-static bzip2
   # running VMs and the lab network
   qemu-system-x86 iproute2 nftables iptables dnsmasq-base socat openssh-client
   # checks in tests

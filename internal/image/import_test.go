@@ -86,11 +86,12 @@ func testDisk(t *testing.T, dir, compression string) []byte {
 		w.Write(raw)
 		w.Close()
 	case "bzip2":
+		requireTool(t, "bzip2")
 		cmd := exec.Command("bzip2", "-c")
 		cmd.Stdin = bytes.NewReader(raw)
 		out, err := cmd.Output()
 		if err != nil {
-			t.Skipf("bzip2 not available: %v", err)
+			t.Fatalf("bzip2: %v", err)
 		}
 		buf.Write(out)
 	default:
