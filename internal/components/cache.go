@@ -59,6 +59,13 @@ var kubernetesCommands = []string{"kube-apiserver", "kube-controller-manager", "
 // cniPlugins are the plugin packages under containernetworking/plugins.
 var cniPlugins = []string{"plugins/main/bridge", "plugins/ipam/host-local", "plugins/main/loopback", "plugins/meta/portmap", "plugins/main/ptp", "plugins/meta/bandwidth"}
 
+// recipeRevision is bumped for one part when the way it is built changes
+// (flags, patches), so that part and every result holding it are rebuilt
+// while the other parts stay cached.
+var recipeRevision = map[string]int{
+	"cni": 1, // stamp buildversion.BuildVersion
+}
+
 // source places the files of one part into a directory.
 type source interface {
 	// id says what about the source decides the part's bytes; it goes into
@@ -79,8 +86,11 @@ func hashStrings(s ...string) string {
 // buildPart returns the cache directory of p, building it if needed.
 func (r *resolved) buildPart(ctx context.Context, p part) (string, error) {
 	start := time.Now()
-	dir := filepath.Join(r.root, ".parts", fmt.Sprintf("%s-%s-%s", p.name, p.version,
-		hashStrings(fmt.Sprint(schemaVersion), p.name, p.version, r.src.id(p), r.in.Toolchain)))
+	in := []string{fmt.Sprint(schemaVersion), p.name, p.version, r.src.id(p), r.in.Toolchain}
+	if rev := recipeRevision[p.name]; rev > 0 {
+		in = append(in, "recipe", fmt.Sprint(rev))
+	}
+	dir := filepath.Join(r.root, ".parts", fmt.Sprintf("%s-%s-%s", p.name, p.version, hashStrings(in...)))
 	if hasFiles(dir, p.files) {
 		fmt.Fprintf(r.Progress, "%-10s %-9s cached (%s)\n", p.name, p.version, since(start))
 		return dir, nil
@@ -130,6 +140,10 @@ func buildInto(root, dst string, fill func(tmp string) error) error {
 	}
 	defer os.RemoveAll(tmp) // no-op after a successful rename
 	if err := fill(tmp); err != nil {
+		return err
+	}
+	// MkdirTemp makes 0700; the cache is read by other tools (image builds).
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
 	// A stale, incomplete dst (older layout) is replaced.

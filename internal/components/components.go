@@ -138,13 +138,14 @@ type resolved struct {
 // keyInputs is everything that decides the bytes of a result. The cache key
 // is a hash of exactly this.
 type keyInputs struct {
-	Schema            int          `json:"schema"`
-	Source            Source       `json:"source"`
-	Versions          versions.Set `json:"versions"`
-	KubernetesVersion string       `json:"kubernetesVersion"`
-	KubernetesTree    string       `json:"kubernetesTree,omitempty"`
-	Toolchain         string       `json:"toolchain,omitempty"`
-	Busybox           string       `json:"busybox"`
+	Schema            int            `json:"schema"`
+	Source            Source         `json:"source"`
+	Versions          versions.Set   `json:"versions"`
+	KubernetesVersion string         `json:"kubernetesVersion"`
+	KubernetesTree    string         `json:"kubernetesTree,omitempty"`
+	Toolchain         string         `json:"toolchain,omitempty"`
+	Busybox           string         `json:"busybox"`
+	Recipes           map[string]int `json:"recipes,omitempty"`
 }
 
 // key is the result directory name: readable prefix plus an input hash.
@@ -178,7 +179,7 @@ func resolve(ctx context.Context, o Options) (*resolved, error) {
 		o.CacheDir = d
 	}
 	r := &resolved{Options: o, root: filepath.Join(o.CacheDir, "components")}
-	r.in = keyInputs{Schema: schemaVersion, Source: o.Source, Versions: o.Versions, KubernetesVersion: o.Versions.Kubernetes}
+	r.in = keyInputs{Schema: schemaVersion, Source: o.Source, Versions: o.Versions, KubernetesVersion: o.Versions.Kubernetes, Recipes: recipeRevision}
 	bb, err := hashFile(o.Busybox)
 	if err != nil {
 		return nil, fmt.Errorf("busybox for the test image (install busybox-static or set Busybox): %w", err)

@@ -46,6 +46,7 @@ func TestKeyChangesWithInputsOnly(t *testing.T) {
 		"toolchain":    mod(func(k *keyInputs) { k.Toolchain = "go1.26.9" }),
 		"busybox":      mod(func(k *keyInputs) { k.Busybox = "bb" }),
 		"schema":       mod(func(k *keyInputs) { k.Schema++ }),
+		"recipe":       mod(func(k *keyInputs) { k.Recipes = map[string]int{"cni": 9} }),
 	}
 	seen := map[string]string{base.key(): "base"}
 	for name, in := range changed {

@@ -34,7 +34,7 @@ func (s *moduleSource) fetch(ctx context.Context, p part, dir string) error {
 		for _, pl := range cniPlugins {
 			ts = append(ts, target{mod + "/" + pl, filepath.Join(CNIDir, filepath.Base(pl))})
 		}
-		return s.simple(ctx, dir, "cni-plugins", mod, p.version, false, "", "-s -w", ts...)
+		return s.simple(ctx, dir, "cni-plugins", mod, p.version, false, "", "-s -w -X "+mod+"/pkg/utils/buildversion.BuildVersion="+p.version, ts...)
 	case "containerd":
 		const mod = "github.com/containerd/containerd/v2"
 		// The tags of containerd's static release build.
