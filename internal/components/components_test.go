@@ -241,3 +241,57 @@ func TestBinName(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalTreeBuild builds a miniature Kubernetes-shaped checkout (its own
+// component-base staging module, the six cmd/ packages) through the local
+// source and checks the version from git describe is stamped in.
+func TestLocalTreeBuild(t *testing.T) {
+	requireTool(t, "go")
+	requireTool(t, "git")
+	ctx := context.Background()
+	dir := t.TempDir()
+	files := map[string]string{
+		"go.mod": "module k8s.io/kubernetes\n\ngo 1.26\n\nrequire k8s.io/component-base v0.0.0\n\nreplace k8s.io/component-base => ./staging/src/k8s.io/component-base\n",
+		"staging/src/k8s.io/component-base/go.mod":             "module k8s.io/component-base\n\ngo 1.26\n",
+		"staging/src/k8s.io/component-base/version/version.go": "package version\n\nvar gitVersion = \"v0.0.0-unset\"\nvar gitTreeState = \"\"\n\nfunc Get() string { return gitVersion + \" \" + gitTreeState }\n",
+	}
+	for _, c := range kubernetesCommands {
+		files["cmd/"+c+"/main.go"] = "package main\n\nimport (\n\t\"fmt\"\n\n\t\"k8s.io/component-base/version\"\n)\n\nfunc main() { fmt.Println(\"" + c + " Kubernetes \" + version.Get()) }\n"
+	}
+	for rel, content := range files {
+		p := filepath.Join(dir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{{"init", "-q"}, {"add", "."}, {"commit", "-q", "-m", "mini"}, {"tag", "v1.99.1"}} {
+		cmd := exec.Command("git", append([]string{"-C", dir, "-c", "user.name=t", "-c", "user.email=t@example.invalid"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	tr, err := readTree(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb := &goBuilder{goCmd: "go", work: t.TempDir()}
+	src := &localSource{tree: tr, gb: gb, modules: &moduleSource{gb: gb}}
+	p := partsFor(versions.Default(), tr.version)[0]
+	out := t.TempDir()
+	if err := src.fetch(ctx, p, out); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kubernetesCommands {
+		got, err := exec.Command(filepath.Join(out, BinDir, c)).CombinedOutput()
+		if want := c + " Kubernetes v1.99.1 clean"; err != nil || strings.TrimSpace(string(got)) != want {
+			t.Errorf("%s printed %q (%v), want %q", c, got, err, want)
+		}
+	}
+	if id := src.id(p); id != "local:"+tr.commit {
+		t.Errorf("kubernetes part id %q", id)
+	}
+	if id := src.id(part{name: "etcd"}); id != "modules" {
+		t.Errorf("etcd from a local source should share the modules cache, id %q", id)
+	}
+}

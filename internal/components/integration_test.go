@@ -212,3 +212,44 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Errorf("busybox container said %q", out)
 	}
 }
+
+// TestCoreDNSServes runs the built CoreDNS on loopback with the plugins a
+// cluster Corefile uses and resolves a name through it.
+func TestCoreDNSServes(t *testing.T) {
+	res := buildDefault(t)
+	dir := t.TempDir()
+	l, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.LocalAddr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	corefile := fmt.Sprintf(".:%s {\n  bind 127.0.0.1\n  errors\n  hosts {\n    10.1.2.3 web.kubelab.test\n    fallthrough\n  }\n  cache 30\n  loadbalance\n}\n", port)
+	os.WriteFile(filepath.Join(dir, "Corefile"), []byte(corefile), 0o644)
+	var logs bytes.Buffer
+	cmd := exec.Command(res.Bin("coredns"), "-conf", filepath.Join(dir, "Corefile"))
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", addr)
+	}}
+	var ips []string
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ips, err = r.LookupHost(ctx, "web.kubelab.test")
+		cancel()
+		if err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil || len(ips) != 1 || ips[0] != "10.1.2.3" {
+		t.Fatalf("lookup through coredns: %v %v\n%s", ips, err, logs.String())
+	}
+}
