@@ -213,7 +213,7 @@ func sshArgs(env *lab.Env, node string, command []string) ([]string, error) {
 }
 
 func newSSHCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "ssh NODE [COMMAND...]",
 		Short: "Log in to a node as root (lab key, pinned host key, no prompts)",
 		Args:  cobra.MinimumNArgs(1),
@@ -233,6 +233,9 @@ func newSSHCmd(g *globalOptions) *cobra.Command {
 			return syscall.Exec(bin, sa, os.Environ())
 		},
 	}
+	// Flags after NODE belong to the remote command, not to kubelab.
+	cmd.Flags().SetInterspersed(false)
+	return cmd
 }
 
 func newLogsCmd(g *globalOptions) *cobra.Command {
