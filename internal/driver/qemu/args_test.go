@@ -91,7 +91,7 @@ func TestArgsInvariants(t *testing.T) {
 	m.Config = driver.Config{Kind: driver.ConfigOverlay, Path: "/x/overlay.tar"}
 	tcg := strings.Join(Args(m, AccelTCG), " ")
 	for _, want := range []string{
-		"-accel tcg,tb-size=256 -cpu max -smp 1",
+		"-accel tcg,tb-size=256 -cpu max -smp 2", // lab.yaml cpus, honoured under TCG too
 		"-name lab-c1-worker-1 ",
 		"serial=kubelab-config",
 		"ifname=kl-lab-12,script=no,downscript=no",

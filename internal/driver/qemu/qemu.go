@@ -522,16 +522,18 @@ func (d *Driver) command(ctx context.Context, m driver.Machine) ([]string, error
 // "tcg"). It only depends on its inputs.
 func Args(m driver.Machine, accel string) []string {
 	a := []string{"-name", m.ID(), "-no-user-config", "-nodefaults", "-display", "none"}
+	cpus := m.CPUs
+	if cpus < 1 {
+		cpus = 1
+	}
 	if accel == AccelKVM {
-		cpus := m.CPUs
-		if cpus < 1 {
-			cpus = 1
-		}
 		a = append(a, "-accel", "kvm", "-cpu", "host", "-smp", strconv.Itoa(cpus))
 	} else {
 		// Measured under TCG: tb-size=256 halves the idle RSS at no boot
-		// cost; more vCPUs than one make boots slower, not faster.
-		a = append(a, "-accel", "tcg,tb-size=256", "-cpu", "max", "-smp", "1")
+		// cost. Boots are not faster with more vCPUs, but a busy worker
+		// (many pod sandboxes at once) is, with multi-threaded TCG; the
+		// default stays one vCPU and lab.yaml's cpus is honoured.
+		a = append(a, "-accel", "tcg,tb-size=256", "-cpu", "max", "-smp", strconv.Itoa(cpus))
 	}
 	a = append(a, "-m", strconv.FormatUint(m.MemoryMiB, 10))
 	if m.Kernel != "" {

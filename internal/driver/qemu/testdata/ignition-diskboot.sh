@@ -7,7 +7,7 @@ exec ip netns exec kubelab-lab qemu-system-x86_64 \
   -display none \
   -accel tcg,tb-size=256 \
   -cpu max \
-  -smp 1 \
+  -smp 2 \
   -m 2048 \
   -drive file=/var/lib/kubelab/lab/clusters/c1/nodes/worker-1/disk.qcow2,if=none,id=disk0,format=qcow2,discard=unmap \
   -device virtio-blk-pci,drive=disk0,bootindex=0 \

@@ -7,7 +7,7 @@ exec ip netns exec kubelab-lab qemu-system-x86_64 \
   -display none \
   -accel tcg,tb-size=256 \
   -cpu max \
-  -smp 1 \
+  -smp 2 \
   -m 2048 \
   -kernel /var/lib/kubelab/lab/images/kubelab/vmlinuz \
   -initrd /var/lib/kubelab/lab/images/kubelab/initrd.img \
