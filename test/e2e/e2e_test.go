@@ -37,6 +37,7 @@ clusters:
         roles: [control-plane, etcd]
       - name: w1
         roles: [worker]
+        cpus: 2   # pod sandboxes start in parallel; measured faster than one vCPU under TCG
 `
 
 // Addresses of the LAN link between the host namespace and the LAN client.
