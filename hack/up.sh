@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The main job: on a fresh Debian bookworm machine, as root, install what
 # kubelab needs, build kubelab, build (or reuse) the node components and the
-# node image, write the default lab and bring it up.
+# node image, write the default lab (unless one exists) and bring it up.
 # Usage: hack/up.sh [--dir LABDIR]
+#
+# The lab's bridge, taps and NAT rules are made in the network namespace this
+# runs in. To keep them off the host's own network, run it in a namespace:
+#   ip netns add lab && ip netns exec lab hack/up.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,14 +16,12 @@ go build -o bin/kubelab ./cmd/kubelab
 kl() { bin/kubelab "$@"; }
 
 kl components build
-kl image build
+kl "$@" image build
 if ! kl "$@" plan >/dev/null 2>&1; then
-  kl "$@" init
+  # No lab yet: write the default one. init refuses to overwrite an existing
+  # lab.yaml; if that is why plan failed, show plan's own error instead.
+  kl "$@" init || { kl "$@" plan; exit 1; }
 fi
 kl "$@" plan
-kl "$@" render
-if kl help up >/dev/null 2>&1; then
-  kl "$@" up
-else
-  echo "kubelab up is not built yet (issue 4): the lab is planned and rendered; see the README"
-fi
+kl "$@" up
+kl "$@" status
