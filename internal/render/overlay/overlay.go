@@ -10,13 +10,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/kubelab/kubelab/internal/fsutil"
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/versions"
 )
@@ -197,28 +197,9 @@ func Write(dir string, n nodeconfig.Node) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("write overlay: %w", err)
-	}
 	p := filepath.Join(dir, FileName)
-	tmp, err := os.CreateTemp(dir, "."+FileName+".*")
-	if err != nil {
-		return "", fmt.Errorf("write %s: %w", p, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return "", fmt.Errorf("write %s: %w", p, err)
+	if err := fsutil.WriteFile(p, data, 0o600, 0o700); err != nil { // it carries private keys
+		return "", err
 	}
 	return p, nil
 }

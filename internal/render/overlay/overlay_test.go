@@ -257,21 +257,22 @@ func TestBadNode(t *testing.T) {
 	}
 }
 
-// TestImageContract feeds the rendered overlay.json to the parser in the
-// node image's apply-overlay script, the other side of the contract.
+// TestImageContract feeds the rendered overlay.json to the reader in the
+// node image's apply-overlay script (plain shell), the other side of the
+// contract.
 func TestImageContract(t *testing.T) {
-	python := requireTool(t, "python3")
+	sh := requireTool(t, "sh")
 	script, err := os.ReadFile("../../image/assets/apply-overlay")
 	if err != nil {
 		t.Fatalf("the image's apply-overlay script: %v", err)
 	}
 	s := string(script)
-	start := strings.Index(s, "<<'PY'\n")
-	end := strings.Index(s, "\nPY\n")
-	if start < 0 || end < start {
-		t.Fatal("apply-overlay has no embedded python parser (<<'PY' ... PY); the contract changed")
+	begin := strings.Index(s, "# overlay.json is written")
+	end := strings.Index(s, `if [ -n "$hostname" ]; then`)
+	if begin < 0 || end < begin {
+		t.Fatal("apply-overlay changed shape: the markers around its overlay.json reader are gone; the contract changed")
 	}
-	parser := s[start+len("<<'PY'\n") : end+1]
+	parser := s[begin:end]
 
 	n := rendertest.ControlPlane(nil)
 	data, err := Render(n)
@@ -294,14 +295,13 @@ func TestImageContract(t *testing.T) {
 	if err := os.WriteFile(p, meta, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(python, "-I", "-S", "-", p)
-	cmd.Stdin = strings.NewReader(parser)
-	out, err := cmd.CombinedOutput()
+	prog := "set -eu\nmeta=" + p + "\n" + parser + "\necho \"$enable|$mask|$hostname\"\n"
+	out, err := exec.Command(sh, "-c", prog).CombinedOutput()
 	if err != nil {
-		t.Fatalf("apply-overlay's parser: %v\n%s", err, out)
+		t.Fatalf("apply-overlay's reader: %v\n%s", err, out)
 	}
-	want := "enable='containerd.service etcd.service kube-apiserver.service'\nmask=systemd-timesyncd.service\nhostname=k1-cp1\n"
+	want := "containerd.service etcd.service kube-apiserver.service |systemd-timesyncd.service |k1-cp1\n"
 	if string(out) != want {
-		t.Errorf("apply-overlay's parser printed:\n%s\nwant:\n%s", out, want)
+		t.Errorf("apply-overlay's reader printed:\n%s\nwant:\n%s", out, want)
 	}
 }
