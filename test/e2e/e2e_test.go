@@ -210,6 +210,10 @@ func normalize(s string) string {
 		if i := strings.Index(line, ": "); i > 0 && i < 6 {
 			line = line[i+2:] // "12: name..." -> "name..."
 		}
+		// IPv6 duplicate address detection finishes on its own schedule:
+		// a link-local address "tentative" before and settled after is
+		// not something kubelab left behind.
+		line = strings.ReplaceAll(line, " tentative", "")
 		lines = append(lines, line)
 	}
 	sort.Strings(lines)
