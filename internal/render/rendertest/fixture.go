@@ -20,7 +20,7 @@ import (
 func PlaceholderHostKeys() []nodeconfig.File {
 	return []nodeconfig.File{
 		{Path: "/etc/ssh/ssh_host_ed25519_key", Mode: 0o600, Owner: "root", Group: "root", Secret: true,
-			Contents: []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nTEST PLACEHOLDER, NOT A KEY\n-----END OPENSSH PRIVATE KEY-----\n")},
+			Contents: []byte("-----BEGIN PLACEHOLDER-----\nTEST PLACEHOLDER, NOT A KEY\n-----END PLACEHOLDER-----\n")},
 		{Path: "/etc/ssh/ssh_host_ed25519_key.pub", Mode: 0o644, Owner: "root", Group: "root",
 			Contents: []byte("ssh-ed25519 AAAAPLACEHOLDER root@test\n")},
 	}
@@ -73,9 +73,9 @@ func ControlPlane(hostKeys []nodeconfig.File) nodeconfig.Node {
 			{Path: "/etc/kubernetes/pki/ca.crt", Mode: 0o644, Owner: "root", Group: "root",
 				Contents: []byte("-----BEGIN CERTIFICATE-----\nTEST PLACEHOLDER CA\n-----END CERTIFICATE-----\n")},
 			{Path: "/etc/kubernetes/pki/apiserver.key", Mode: 0o600, Owner: "root", Group: "root", Secret: true,
-				Contents: []byte("-----BEGIN EC PRIVATE KEY-----\nTEST PLACEHOLDER, NOT A KEY\n-----END EC PRIVATE KEY-----\n")},
+				Contents: []byte("-----BEGIN PLACEHOLDER-----\nTEST PLACEHOLDER, NOT A KEY\n-----END PLACEHOLDER-----\n")},
 			{Path: "/etc/etcd/pki/peer.key", Mode: 0o600, Owner: "etcd", Group: "etcd", Secret: true,
-				Contents: []byte("-----BEGIN EC PRIVATE KEY-----\nTEST PLACEHOLDER PEER, NOT A KEY\n-----END EC PRIVATE KEY-----\n")},
+				Contents: []byte("-----BEGIN PLACEHOLDER-----\nTEST PLACEHOLDER PEER, NOT A KEY\n-----END PLACEHOLDER-----\n")},
 			{Path: "/usr/local/lib/kubelab/hello.sh", Mode: 0o755, Owner: "root", Group: "root",
 				Contents: []byte("#!/bin/sh\n# a script with 'quotes', \"double quotes\", % and unicode: ✓\necho hello\n")},
 		},
