@@ -122,27 +122,20 @@ WantedBy=multi-user.target
 `, c.Name, execStart(bin("kube-apiserver"), apiFlags)))
 
 	cmKubeconfig := kubeconfigPath("controller-manager")
-	cmFlags := []string{
-		"--kubeconfig=" + cmKubeconfig,
-		"--authentication-kubeconfig=" + cmKubeconfig,
-		"--authorization-kubeconfig=" + cmKubeconfig,
-		"--bind-address=127.0.0.1",
-		"--cluster-name=" + c.Name,
-		"--client-ca-file=" + certPath(pki.KubernetesCA),
-		"--requestheader-client-ca-file=" + certPath(pki.FrontProxyCA),
-		"--cluster-signing-cert-file=" + certPath(pki.KubernetesCA),
-		"--cluster-signing-key-file=" + keyPath(pki.KubernetesCA),
-		"--root-ca-file=" + certPath(pki.KubernetesCA),
-		"--service-account-private-key-file=" + saKeyPath,
+	cmFlags := append(localComponentFlags(cmKubeconfig),
+		"--cluster-name="+c.Name,
+		"--client-ca-file="+certPath(pki.KubernetesCA),
+		"--requestheader-client-ca-file="+certPath(pki.FrontProxyCA),
+		"--cluster-signing-cert-file="+certPath(pki.KubernetesCA),
+		"--cluster-signing-key-file="+keyPath(pki.KubernetesCA),
+		"--root-ca-file="+certPath(pki.KubernetesCA),
+		"--service-account-private-key-file="+saKeyPath,
 		"--use-service-account-credentials=true",
 		// kubelab assigns every node its pod CIDR itself (the plan).
 		"--allocate-node-cidrs=false",
-		"--service-cluster-ip-range=" + serviceCIDRs(c),
-		"--leader-elect=true",
-		"--leader-elect-lease-duration=" + leaseDuration,
-		"--leader-elect-renew-deadline=" + renewDeadline,
-		"--leader-elect-retry-period=" + retryPeriod,
-	}
+		"--service-cluster-ip-range="+serviceCIDRs(c),
+	)
+	cmFlags = append(cmFlags, leaderElectionFlags()...)
 	b.unit("kube-controller-manager.service", fmt.Sprintf(`[Unit]
 Description=Kubernetes controller manager of cluster %s
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
@@ -159,16 +152,7 @@ WantedBy=multi-user.target
 `, c.Name, execStart(bin("kube-controller-manager"), cmFlags)))
 
 	schedKubeconfig := kubeconfigPath("scheduler")
-	schedFlags := []string{
-		"--kubeconfig=" + schedKubeconfig,
-		"--authentication-kubeconfig=" + schedKubeconfig,
-		"--authorization-kubeconfig=" + schedKubeconfig,
-		"--bind-address=127.0.0.1",
-		"--leader-elect=true",
-		"--leader-elect-lease-duration=" + leaseDuration,
-		"--leader-elect-renew-deadline=" + renewDeadline,
-		"--leader-elect-retry-period=" + retryPeriod,
-	}
+	schedFlags := append(localComponentFlags(schedKubeconfig), leaderElectionFlags()...)
 	b.unit("kube-scheduler.service", fmt.Sprintf(`[Unit]
 Description=Kubernetes scheduler of cluster %s
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/
@@ -185,4 +169,26 @@ WantedBy=multi-user.target
 `, c.Name, execStart(bin("kube-scheduler"), schedFlags)))
 	b.enable("kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service")
 	return nil
+}
+
+// localComponentFlags are the controller-manager's and scheduler's shared
+// identity flags: one kubeconfig for API access, authentication and
+// authorization, and a health endpoint on loopback only.
+func localComponentFlags(kubeconfig string) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1",
+	}
+}
+
+// leaderElectionFlags use timings that survive software emulation.
+func leaderElectionFlags() []string {
+	return []string{
+		"--leader-elect=true",
+		"--leader-elect-lease-duration=" + leaseDuration,
+		"--leader-elect-renew-deadline=" + renewDeadline,
+		"--leader-elect-retry-period=" + retryPeriod,
+	}
 }
