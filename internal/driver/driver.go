@@ -198,6 +198,23 @@ func ConsoleSize(path string) int64 {
 // offset from, polling once a second. It gives up when ctx
 // ends, or early when alive (if not nil) reports the machine is gone.
 func WaitConsole(ctx context.Context, path string, from int64, marker string, alive func() bool) error {
+	return WaitConsoleWith(ctx, path, from, marker, WaitOptions{Alive: alive})
+}
+
+// WaitOptions are WaitConsoleWith's optional hooks.
+type WaitOptions struct {
+	// Alive, when set, is asked after each poll; false ends the wait
+	// early (the machine is gone).
+	Alive func() bool
+	// Observe, when set, gets the console output read after from, in
+	// order, as it arrives (and the whole log again if it is replaced),
+	// e.g. to feed a StageScanner. It must not keep the slice.
+	Observe func(chunk []byte)
+}
+
+// WaitConsoleWith is WaitConsole with hooks to follow the output while
+// waiting.
+func WaitConsoleWith(ctx context.Context, path string, from int64, marker string, o WaitOptions) error {
 	if marker == "" {
 		return errors.New("wait for console: empty marker")
 	}
@@ -214,6 +231,9 @@ func WaitConsole(ctx context.Context, path string, from int64, marker string, al
 			for {
 				n, err := f.ReadAt(chunk, off)
 				buf = append(buf, chunk[:n]...)
+				if o.Observe != nil && n > 0 {
+					o.Observe(chunk[:n])
+				}
 				off += int64(n)
 				if err != nil || n == 0 {
 					break
@@ -228,7 +248,7 @@ func WaitConsole(ctx context.Context, path string, from int64, marker string, al
 				buf = append(buf[:0], buf[len(buf)-keep:]...)
 			}
 		}
-		if alive != nil && !alive() {
+		if o.Alive != nil && !o.Alive() {
 			return fmt.Errorf("wait for %q in %s: the machine stopped before printing it", marker, path)
 		}
 		select {
@@ -237,4 +257,74 @@ func WaitConsole(ctx context.Context, path string, from int64, marker string, al
 		case <-tick.C:
 		}
 	}
+}
+
+// The boot stages a StageScanner reports, in the order a boot goes through
+// them.
+const (
+	StageStarting = "starting" // nothing recognisable on the console yet
+	StageKernel   = "kernel"   // the kernel has printed its banner
+	StageSystemd  = "systemd"  // the init system has taken over
+	StageReady    = "ready"    // the readiness marker was printed
+)
+
+var stageNames = []string{StageStarting, StageKernel, StageSystemd, StageReady}
+
+// StageScanner follows a console's output and says how far the boot has
+// come: starting, kernel ("Linux version"), systemd ("systemd[1]" or
+// "Welcome to"), ready (the readiness marker). Stages only move forward;
+// a text split over two chunks is still found. It is not safe for
+// concurrent use.
+type StageScanner struct {
+	signals [][]string // the texts that mark each stage, by index in stageNames
+	stage   int
+	keep    int
+	tail    []byte
+}
+
+// NewStageScanner returns a scanner in stage "starting" that reports
+// "ready" when marker appears (never, if marker is empty).
+func NewStageScanner(marker string) *StageScanner {
+	s := &StageScanner{signals: [][]string{
+		nil, // starting: where every boot begins
+		{"Linux version"},
+		{"systemd[1]", "Welcome to"},
+		nil, // ready: the marker, below
+	}}
+	if marker != "" {
+		s.signals[3] = []string{marker}
+	}
+	for _, sigs := range s.signals {
+		for _, sig := range sigs {
+			s.keep = max(s.keep, len(sig)-1)
+		}
+	}
+	return s
+}
+
+// Stage is the stage reached so far.
+func (s *StageScanner) Stage() string { return stageNames[s.stage] }
+
+// Feed reads the next chunk of console output and returns the stage
+// reached and whether this chunk moved it.
+func (s *StageScanner) Feed(chunk []byte) (stage string, changed bool) {
+	data := append(s.tail, chunk...)
+	for i := len(s.signals) - 1; i > s.stage; i-- {
+		found := false
+		for _, sig := range s.signals[i] {
+			if bytes.Contains(data, []byte(sig)) {
+				found = true
+				break
+			}
+		}
+		if found {
+			s.stage, changed = i, true
+			break
+		}
+	}
+	if len(data) > s.keep {
+		data = data[len(data)-s.keep:]
+	}
+	s.tail = append(s.tail[:0:0], data...)
+	return s.Stage(), changed
 }
