@@ -37,7 +37,7 @@ const (
 	CIDataFile  = "cidata.iso"
 )
 
-var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile}
+var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile, SuspendFile, SuspendFile + ".tmp"}
 
 // Accelerators.
 const (
@@ -299,7 +299,7 @@ func configMedium(m driver.Machine) string {
 // Start implements driver.Driver. A machine that runs already (its pid file
 // names a live QEMU with this machine's name) is left alone, so a killed
 // `kubelab up` followed by a new one never makes a second VM; a paused one
-// is resumed.
+// is resumed, and a suspended one is started from its saved state.
 func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 	if err := d.check(m); err != nil {
 		return err
@@ -316,9 +316,17 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 			return fmt.Errorf("machine %s: resume: %w", m.ID(), err)
 		}
 		return nil
+	case driver.StateSuspended:
+		return d.resumeSuspended(ctx, m)
 	case driver.StateAbsent:
 		return fmt.Errorf("machine %s: not created (no %s in %s); create it first", m.ID(), DiskFile, m.Dir)
 	}
+	return d.launch(ctx, m)
+}
+
+// launch runs QEMU for a machine that does not run, with extra arguments
+// (-incoming for a saved state), and returns once it has daemonized.
+func (d *Driver) launch(ctx context.Context, m driver.Machine, extra ...string) error {
 	if p := configMedium(m); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("machine %s: configuration medium missing (create the machine again): %w", m.ID(), err)
@@ -328,6 +336,7 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
+	argv = append(argv, extra...)
 	if err := writeScript(filepath.Join(m.Dir, ScriptFile), m, argv); err != nil {
 		return fmt.Errorf("machine %s: %w", m.ID(), err)
 	}
@@ -381,6 +390,9 @@ func (d *Driver) State(ctx context.Context, m driver.Machine) (driver.State, err
 		return driver.StateAbsent, nil
 	} else if err != nil {
 		return "", fmt.Errorf("machine %s: %w", m.ID(), err)
+	}
+	if _, err := os.Stat(filepath.Join(m.Dir, SuspendFile)); err == nil {
+		return driver.StateSuspended, nil
 	}
 	return driver.StateStopped, nil
 }
@@ -487,8 +499,11 @@ func (d *Driver) Reprovision(ctx context.Context, m driver.Machine) error {
 	if _, alive := d.process(m); alive {
 		return fmt.Errorf("machine %s: reprovision: the machine runs; stop it first", m.ID())
 	}
-	if err := os.Remove(filepath.Join(m.Dir, DiskFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("machine %s: reprovision: %w", m.ID(), err)
+	// A suspended memory image belongs to the old disk: it goes with it.
+	for _, f := range []string{SuspendFile, DiskFile} {
+		if err := os.Remove(filepath.Join(m.Dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("machine %s: reprovision: %w", m.ID(), err)
+		}
 	}
 	return d.Create(ctx, m)
 }
