@@ -34,11 +34,63 @@ const (
 	requestTimeout     = 10 * time.Second
 )
 
+// Observer follows a wait while it runs: subject is what the state is
+// about (the API server's URL, a node's name, a deployment's
+// "namespace/name") and state the latest answer or problem seen, or the
+// word the wait ends on ("ready", "available"). It is called from the
+// waiting goroutine, and only when a subject's state changes.
+type Observer func(subject, state string)
+
+// WaitOption tunes a wait.
+type WaitOption func(*waitOptions)
+
+type waitOptions struct {
+	observe  Observer
+	interval time.Duration // 0: the wait's own interval
+	last     map[string]string
+}
+
+// Observe has the wait report what it sees to fn as it goes (for live
+// progress), not only in its error at the end.
+func Observe(fn Observer) WaitOption {
+	return func(o *waitOptions) { o.observe = fn }
+}
+
+// withInterval overrides the poll interval (tests).
+func withInterval(d time.Duration) WaitOption {
+	return func(o *waitOptions) { o.interval = d }
+}
+
+func newWaitOptions(interval time.Duration, opts []WaitOption) *waitOptions {
+	o := &waitOptions{last: map[string]string{}}
+	for _, opt := range opts {
+		opt(o)
+	}
+	if o.interval == 0 {
+		o.interval = interval
+	}
+	return o
+}
+
+// seen passes a subject's state to the observer when it changed.
+func (o *waitOptions) seen(subject, state string) {
+	if o.observe == nil {
+		return
+	}
+	if prev, ok := o.last[subject]; ok && prev == state {
+		return
+	}
+	o.last[subject] = state
+	o.observe(subject, state)
+}
+
 // WaitAPIReady polls the API server's /readyz (authenticated with cfg's
 // credentials: anonymous access is off) until it answers 200 or ctx ends.
 // The error then carries the last answer, e.g. the failing readiness checks
-// or "connection refused".
-func WaitAPIReady(ctx context.Context, cfg *rest.Config) error {
+// or "connection refused". Observe reports each new answer with cfg.Host as
+// the subject, and "ready" at the end.
+func WaitAPIReady(ctx context.Context, cfg *rest.Config, opts ...WaitOption) error {
+	o := newWaitOptions(readyzInterval, opts)
 	start := time.Now()
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
@@ -49,10 +101,12 @@ func WaitAPIReady(ctx context.Context, cfg *rest.Config) error {
 	for {
 		ok, answer := probeReadyz(ctx, hc, url)
 		if ok {
+			o.seen(cfg.Host, "ready")
 			return nil
 		}
 		last = answer
-		if err := sleep(ctx, readyzInterval); err != nil {
+		o.seen(cfg.Host, answer)
+		if err := sleep(ctx, o.interval); err != nil {
 			return fmt.Errorf("API server %s not ready after %s (%v); last answer from /readyz: %s",
 				cfg.Host, since(start), err, last)
 		}
@@ -95,8 +149,10 @@ func failingChecks(body string) string {
 
 // WaitNodesReady waits until every named node is registered and its Ready
 // condition is True. On timeout the error names each node still missing or
-// not ready, with the messages of its conditions.
-func WaitNodesReady(ctx context.Context, cs kubernetes.Interface, names []string) error {
+// not ready, with the messages of its conditions. Observe reports each
+// node's problem as it changes, and "ready" when it is.
+func WaitNodesReady(ctx context.Context, cs kubernetes.Interface, names []string, opts ...WaitOption) error {
+	o := newWaitOptions(nodesInterval, opts)
 	start := time.Now()
 	var pending []string
 	var lastErr error
@@ -106,21 +162,28 @@ func WaitNodesReady(ctx context.Context, cs kubernetes.Interface, names []string
 		if err != nil {
 			lastErr = err
 			pending = append(pending, names...)
+			for _, n := range names {
+				o.seen(n, err.Error())
+			}
 		} else {
 			byName := map[string]*corev1.Node{}
 			for i := range list {
 				byName[list[i].Name] = &list[i]
 			}
 			for _, n := range names {
-				if problem := nodeProblem(byName[n]); problem != "" {
+				problem := nodeProblem(byName[n])
+				if problem != "" {
 					pending = append(pending, n+": "+problem)
+					o.seen(n, problem)
+				} else {
+					o.seen(n, "ready")
 				}
 			}
 			if len(pending) == 0 {
 				return nil
 			}
 		}
-		if err := sleep(ctx, nodesInterval); err != nil {
+		if err := sleep(ctx, o.interval); err != nil {
 			if lastErr != nil {
 				return fmt.Errorf("nodes %s not ready after %s (%v); last error listing nodes: %w",
 					strings.Join(names, ", "), since(start), err, lastErr)
@@ -176,8 +239,11 @@ func nodeProblem(n *corev1.Node) string {
 // WaitDeploymentAvailable waits until the deployment's current generation
 // is rolled out and all its replicas are available (CoreDNS, say). On
 // timeout the error gives the deployment's status and each of its pods'
-// phase and container states.
-func WaitDeploymentAvailable(ctx context.Context, cs kubernetes.Interface, ns, name string) error {
+// phase and container states. Observe reports that status as it changes,
+// with "namespace/name" as the subject, and "available" at the end.
+func WaitDeploymentAvailable(ctx context.Context, cs kubernetes.Interface, ns, name string, opts ...WaitOption) error {
+	o := newWaitOptions(deploymentInterval, opts)
+	subject := ns + "/" + name
 	start := time.Now()
 	var last string
 	for {
@@ -190,11 +256,13 @@ func WaitDeploymentAvailable(ctx context.Context, cs kubernetes.Interface, ns, n
 		case err != nil:
 			last = err.Error()
 		case deploymentAvailable(d):
+			o.seen(subject, "available")
 			return nil
 		default:
 			last = deploymentStatus(d) + podsSummary(ctx, cs, ns, d.Spec.Selector)
 		}
-		if err := sleep(ctx, deploymentInterval); err != nil {
+		o.seen(subject, last)
+		if err := sleep(ctx, o.interval); err != nil {
 			return fmt.Errorf("deployment %s/%s not available after %s (%v): %s", ns, name, since(start), err, last)
 		}
 	}
