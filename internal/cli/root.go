@@ -69,6 +69,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newStartCmd,
 		newRefreshCmd,
 		newDestroyCmd,
+		newSnapshotCmd,
 		newSSHCmd,
 		newConsoleCmd,
 		newLogsCmd,

@@ -20,8 +20,9 @@ type Snapshotter interface {
 	// exist and be empty of it) and leaves the machine paused. It returns
 	// the files it wrote, relative to dir.
 	SaveState(ctx context.Context, m Machine, dir string) ([]string, error)
-	// RestoreState replaces a machine that does not run (any current
-	// disk is discarded) with the state in dir and starts it paused.
+	// RestoreState replaces the machine's current state with the one in
+	// dir (a running machine is killed, its disk discarded) and starts it
+	// paused.
 	RestoreState(ctx context.Context, m Machine, dir string) error
 	// StateCompatibility names what a saved state is bound to (the
 	// hypervisor's version, the accelerator, the machine type): a state

@@ -21,3 +21,9 @@ func (l Layout) Kubeconfig(c string) string { return filepath.Join(l.Cluster(c),
 
 // CloudInitDir is the directory of a node's NoCloud files in its node directory.
 const CloudInitDir = "cloud-init"
+
+// Snapshots is the directory of a cluster's snapshots; Snapshot one of them.
+func (l Layout) Snapshots(c string) string { return filepath.Join(l.Cluster(c), "snapshots") }
+func (l Layout) Snapshot(c, name string) string {
+	return filepath.Join(l.Snapshots(c), name)
+}

@@ -58,7 +58,7 @@ func (e *Env) DestroyPhases(purge bool) []Phase {
 			if purge {
 				return "remove the clusters' directories, PKI included"
 			}
-			return "remove node directories and kubeconfigs; keep the PKI (use --purge to remove it)"
+			return "remove node directories, snapshots and kubeconfigs; keep the PKI (use --purge to remove it)"
 		}, Run: func(ctx context.Context) error { return e.removeFiles(cls, purge) }},
 	}
 }
@@ -109,8 +109,11 @@ func (e *Env) removeFiles(cls []plan.Cluster, purge bool) error {
 		}
 		// Node directories hold disks, consoles and rendered configs; the
 		// host keys go with them (a re-created node gets new ones).
-		if err := os.RemoveAll(filepath.Join(e.Layout.Cluster(c.Name), "nodes")); err != nil {
-			return err
+		// Snapshots are of VMs that no longer exist: they go too.
+		for _, dir := range []string{filepath.Join(e.Layout.Cluster(c.Name), "nodes"), e.Layout.Snapshots(c.Name)} {
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
 		}
 		if err := os.RemoveAll(e.Layout.Kubeconfig(c.Name)); err != nil {
 			return err

@@ -138,20 +138,23 @@ func waitMigration(ctx context.Context, q *qmpConn, want string) error {
 	}
 }
 
-// RestoreState implements driver.Snapshotter: the node disk becomes a copy
-// of the frozen layer, and QEMU starts with the same devices, loading the
+// RestoreState implements driver.Snapshotter: a running QEMU is killed, the
+// node disk becomes a copy of the frozen layer, and QEMU starts with the same devices, loading the
 // memory image instead of booting. The guest stays paused until Resume.
 func (d *Driver) RestoreState(ctx context.Context, m driver.Machine, dir string) error {
 	if err := d.check(m); err != nil {
 		return err
 	}
-	if _, alive := d.process(m); alive {
-		return fmt.Errorf("machine %s: restore: it runs; stop it first", m.ID())
-	}
 	state := filepath.Join(dir, StateFile)
 	for _, f := range []string{state, filepath.Join(dir, DiskFile)} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("machine %s: restore: %w", m.ID(), err)
+		}
+	}
+	// What runs now is being replaced: no graceful shutdown.
+	if pid, alive := d.process(m); alive {
+		if err := d.kill(ctx, m, pid); err != nil {
+			return err
 		}
 	}
 	if err := os.MkdirAll(m.Dir, 0o700); err != nil {

@@ -189,19 +189,17 @@ func TestSnapshotInitramfs(t *testing.T) {
 		t.Fatal("the frozen disk changed after the save")
 	}
 
-	// Restore onto a running machine is refused; after a kill it works.
-	if err := d.RestoreState(ctx, m, snap); err == nil {
-		t.Fatal("RestoreState onto a running machine succeeded")
-	}
-	if err := d.Stop(ctx, m); err != nil {
-		t.Fatal(err)
-	}
+	// Restore onto the running machine: it is replaced.
+	oldPID := d.PID(m)
 	from := driver.ConsoleSize(console)
 	restoreStart := time.Now()
 	if err := d.RestoreState(ctx, m, snap); err != nil {
 		t.Fatal(err)
 	}
 	mustState(t, d, m, driver.StatePaused)
+	if pid := d.PID(m); pid == oldPID || countNamed(t, m.ID()) != 1 {
+		t.Fatalf("after restore: pid %d (was %d), %d processes named %s; want one new process", pid, oldPID, countNamed(t, m.ID()), m.ID())
+	}
 	t.Logf("restored (paused) in %.2fs", time.Since(restoreStart).Seconds())
 	if !diskHas(t, filepath.Join(m.Dir, DiskFile), "0xaa") {
 		t.Fatal("the restored disk is not the disk at the save")
