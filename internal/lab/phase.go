@@ -1,6 +1,7 @@
 // Package lab runs a lab's lifecycle as ordered lists of named phases:
 // render, and (growing) disks, network, boot, readiness, add-ons. Each
-// phase is timed, printed as it completes, can describe itself for
+// phase is timed, reported as it starts and completes (with live status
+// of the nodes and clusters it waits for), can describe itself for
 // --dry-run, and its duration is kept for benchmarks.
 package lab
 
@@ -11,6 +12,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/kubelab/kubelab/internal/progress"
 )
 
 // Phase is one named step of a lifecycle command.
@@ -28,11 +31,15 @@ type Timing struct {
 	Error   string  `json:"error,omitempty"`
 }
 
-// Runner runs phases in order, printing one line per phase.
+// Runner runs phases in order, reporting each one's start and end.
 type Runner struct {
+	// Out receives one line per phase when Progress is nil.
 	Out    io.Writer
 	DryRun bool
 	Now    func() time.Time // default time.Now
+	// Progress receives the phases' starts, ends and failures, the total
+	// and the dry run's plan; nil means a plain reporter on Out.
+	Progress *progress.Reporter
 }
 
 // Run executes phases in order and stops at the first failure. It returns
@@ -42,16 +49,29 @@ func (r Runner) Run(ctx context.Context, phases []Phase) ([]Timing, error) {
 	if now == nil {
 		now = time.Now
 	}
+	rep := r.Progress
+	if rep == nil {
+		out := r.Out
+		if out == nil {
+			out = io.Discard
+		}
+		var err error
+		if rep, err = progress.New(progress.Options{Out: out}); err != nil {
+			return nil, fmt.Errorf("progress reporter: %w", err)
+		}
+		defer rep.Close()
+	}
 	var timings []Timing
 	start := now()
 	for _, p := range phases {
 		if r.DryRun {
-			fmt.Fprintf(r.Out, "would %-10s %s\n", p.Name, p.Describe())
+			rep.Summary(fmt.Sprintf("would %-10s %s", p.Name, p.Describe()))
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return timings, fmt.Errorf("before %s: %w", p.Name, err)
 		}
+		rep.PhaseStart(p.Name)
 		t0 := now()
 		err := p.Run(ctx)
 		d := now().Sub(t0)
@@ -59,14 +79,14 @@ func (r Runner) Run(ctx context.Context, phases []Phase) ([]Timing, error) {
 		if err != nil {
 			t.Error = err.Error()
 			timings = append(timings, t)
-			fmt.Fprintf(r.Out, "==> %-10s FAILED after %s\n", p.Name, round(d))
+			rep.PhaseFailed(p.Name, d, err)
 			return timings, fmt.Errorf("%s: %w", p.Name, err)
 		}
 		timings = append(timings, t)
-		fmt.Fprintf(r.Out, "==> %-10s done in %s\n", p.Name, round(d))
+		rep.PhaseDone(p.Name, d)
 	}
 	if !r.DryRun {
-		fmt.Fprintf(r.Out, "==> total      %s\n", round(now().Sub(start)))
+		rep.Summary(fmt.Sprintf("==> total      %s", progress.Round(now().Sub(start))))
 	}
 	return timings, nil
 }
@@ -83,11 +103,4 @@ func WriteTimings(path string, command string, timings []Timing) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
-}
-
-func round(d time.Duration) time.Duration {
-	if d < time.Second {
-		return d.Round(time.Millisecond)
-	}
-	return d.Round(100 * time.Millisecond)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/pki"
 	"github.com/kubelab/kubelab/internal/plan"
+	"github.com/kubelab/kubelab/internal/progress"
 	"github.com/kubelab/kubelab/internal/render/ignition"
 	"github.com/kubelab/kubelab/internal/render/overlay"
 	"github.com/kubelab/kubelab/internal/spec"
@@ -38,7 +39,13 @@ type Env struct {
 	Plan     *plan.Plan
 	Versions versions.Set
 	Driver   driver.Driver
-	Out      io.Writer
+	// Out receives free text (hints, an image build's steps) when
+	// Progress is nil.
+	Out io.Writer
+	// Progress receives the status of each node or cluster a phase waits
+	// for (boot stages, the last answer of a readiness check); nil drops
+	// it.
+	Progress *progress.Reporter
 	// Clusters limits the command to these clusters; empty means all.
 	Clusters []string
 	// MergeKubeconfig adds a context per cluster to the user's kubeconfig.
@@ -79,6 +86,21 @@ func (e *Env) timeouts(ctx context.Context) Timeouts {
 	}
 	return t
 }
+
+// out is where free text goes: through the progress reporter when there
+// is one, so it neither breaks its live lines nor lands in JSON output.
+func (e *Env) out() io.Writer {
+	if e.Progress != nil {
+		return e.Progress.Writer()
+	}
+	if e.Out == nil {
+		return io.Discard
+	}
+	return e.Out
+}
+
+// waiting is the status of a subject whose wait has not succeeded yet.
+func waiting(lastSeen string) string { return "waiting, last seen: " + lastSeen }
 
 // clusters is the plan's clusters the command works on.
 func (e *Env) clusters() []plan.Cluster {
@@ -212,7 +234,7 @@ func (e *Env) ensureImages(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		built, err := image.Build(ctx, image.BuildOptions{Components: loaded, CacheDir: cacheDir, Progress: e.Out})
+		built, err := image.Build(ctx, image.BuildOptions{Components: loaded, CacheDir: cacheDir, Progress: e.out()})
 		if err != nil {
 			return fmt.Errorf("build image %q: %w", name, err)
 		}
@@ -249,7 +271,9 @@ func (e *Env) eachNode(ctx context.Context, cls []plan.Cluster, fn func(context.
 }
 
 // boot starts every node that is not running and waits for its readiness
-// marker. A node already running is only checked for having booted.
+// marker. A node already running is only checked for having booted. Each
+// node's stage (starting, kernel, systemd, ready) is read from its console
+// while waiting and reported as its status.
 func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -257,14 +281,19 @@ func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duratio
 		console := e.Driver.ConsolePath(m)
 		state, err := e.Driver.State(ctx, m)
 		if err != nil {
+			e.Progress.Final(m.Name, "failed: "+err.Error())
 			return err
 		}
 		from := int64(0)
 		if state != driver.StateRunning {
+			e.Progress.Status(m.Name, driver.StageStarting)
 			from = driver.ConsoleSize(console)
 			if err := e.Driver.Start(ctx, m); err != nil {
+				e.Progress.Final(m.Name, "failed to start")
 				return fmt.Errorf("start: %w\n%s", err, consoleReport(console))
 			}
+		} else {
+			e.Progress.Status(m.Name, "running, reading its console")
 		}
 		// A node that was already running has printed its marker in the
 		// current boot; from=0 finds it (or a later one) in the log.
@@ -272,10 +301,18 @@ func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duratio
 			s, err := e.Driver.State(context.Background(), m)
 			return err == nil && s == driver.StateRunning
 		}
-		if err := driver.WaitConsole(ctx, console, from, versions.ReadyMarker+" "+m.Name, alive); err != nil {
+		marker := versions.ReadyMarker + " " + m.Name
+		stages := driver.NewStageScanner(marker)
+		observe := func(chunk []byte) {
+			if stage, changed := stages.Feed(chunk); changed && stage != driver.StageReady {
+				e.Progress.Status(m.Name, stage)
+			}
+		}
+		if err := driver.WaitConsoleWith(ctx, console, from, marker, driver.WaitOptions{Alive: alive, Observe: observe}); err != nil {
+			e.Progress.Final(m.Name, "failed during stage "+stages.Stage())
 			return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
 		}
-		fmt.Fprintf(e.Out, "    %s booted\n", m.Name)
+		e.Progress.Final(m.Name, driver.StageReady)
 		return nil
 	})
 }
@@ -309,9 +346,18 @@ func (e *Env) waitEtcd(ctx context.Context, cls []plan.Cluster, timeout time.Dur
 		for _, n := range c.NodesWithRole(spec.RoleEtcd) {
 			g.Go(func() error {
 				endpoint := "https://" + n.Address.String() + ":2379"
-				if err := poll(ctx, 2*time.Second, func(ctx context.Context) error { return etcdHealthy(ctx, endpoint, ca, cert, key) }); err != nil {
+				e.Progress.Status(n.Name, "waiting for "+endpoint)
+				if err := poll(ctx, 2*time.Second, func(ctx context.Context) error {
+					err := etcdHealthy(ctx, endpoint, ca, cert, key)
+					if err != nil {
+						e.Progress.Status(n.Name, waiting(err.Error()))
+					}
+					return err
+				}); err != nil {
+					e.Progress.Final(n.Name, "not healthy")
 					return fmt.Errorf("etcd member %s (%s) not healthy: %w\n%s", n.Name, endpoint, err, e.consoleOf(c, n))
 				}
+				e.Progress.Final(n.Name, "healthy")
 				return nil
 			})
 		}
@@ -361,10 +407,18 @@ func (e *Env) waitAPI(ctx context.Context, cls []plan.Cluster, timeout time.Dura
 		if err != nil {
 			return err
 		}
-		if err := verify.WaitAPIReady(ctx, cfg); err != nil {
+		e.Progress.Status(c.Name, "waiting for "+cfg.Host)
+		observe := verify.Observe(func(_, state string) {
+			if state != "ready" {
+				e.Progress.Status(c.Name, waiting(state))
+			}
+		})
+		if err := verify.WaitAPIReady(ctx, cfg, observe); err != nil {
+			e.Progress.Final(c.Name, "not ready")
 			cp := c.NodesWithRole(spec.RoleControlPlane)[0]
 			return fmt.Errorf("%w\n%s", err, e.consoleOf(c, cp))
 		}
+		e.Progress.Final(c.Name, "ready")
 		return nil
 	})
 }
@@ -390,13 +444,19 @@ func (e *Env) applyAddons(ctx context.Context, cls []plan.Cluster, timeout time.
 			if i == 0 {
 				cfg = super
 			}
+			e.Progress.Status(c.Name, "applying "+m.Name)
 			if err := poll(ctx, 3*time.Second, func(ctx context.Context) error {
 				_, err := verify.Apply(ctx, cfg, []nodeconfig.Manifest{m})
+				if err != nil {
+					e.Progress.Status(c.Name, "applying "+m.Name+", last seen: "+err.Error())
+				}
 				return err
 			}); err != nil {
+				e.Progress.Final(c.Name, "failed to apply "+m.Name)
 				return fmt.Errorf("apply add-on %s: %w", m.Name, err)
 			}
 		}
+		e.Progress.Final(c.Name, fmt.Sprintf("applied %d add-ons", len(manifests)))
 		return nil
 	})
 }
@@ -419,7 +479,17 @@ func (e *Env) waitNodes(ctx context.Context, cls []plan.Cluster, timeout time.Du
 		for _, n := range c.NodesWithRole(spec.RoleWorker) {
 			names = append(names, n.Name)
 		}
-		if err := verify.WaitNodesReady(ctx, cs, names); err != nil {
+		for _, n := range names {
+			e.Progress.Status(n, "waiting to be Ready")
+		}
+		observe := verify.Observe(func(node, state string) {
+			if state == "ready" {
+				e.Progress.Final(node, "Ready")
+			} else {
+				e.Progress.Status(node, waiting(state))
+			}
+		})
+		if err := verify.WaitNodesReady(ctx, cs, names, observe); err != nil {
 			var tails []string
 			for _, n := range c.NodesWithRole(spec.RoleWorker) {
 				tails = append(tails, e.consoleOf(c, n))
@@ -439,7 +509,18 @@ func (e *Env) waitDNS(ctx context.Context, cls []plan.Cluster, timeout time.Dura
 		if err != nil {
 			return err
 		}
-		return verify.WaitDeploymentAvailable(ctx, cs, "kube-system", "coredns")
+		e.Progress.Status(c.Name, "waiting for CoreDNS")
+		observe := verify.Observe(func(_, state string) {
+			if state != "available" {
+				e.Progress.Status(c.Name, waiting(state))
+			}
+		})
+		if err := verify.WaitDeploymentAvailable(ctx, cs, "kube-system", "coredns", observe); err != nil {
+			e.Progress.Final(c.Name, "CoreDNS not available")
+			return err
+		}
+		e.Progress.Final(c.Name, "CoreDNS available")
+		return nil
 	})
 }
 
@@ -455,7 +536,7 @@ func (e *Env) writeKubeconfigs(cls []plan.Cluster) error {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.Out, "    kubectl --kubeconfig %s get nodes\n", path)
+		fmt.Fprintf(e.out(), "    kubectl --kubeconfig %s get nodes\n", path)
 		if e.MergeKubeconfig {
 			user, err := UserKubeconfig()
 			if err != nil {
@@ -465,7 +546,7 @@ func (e *Env) writeKubeconfigs(cls []plan.Cluster) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.Out, "    kubectl --context %s get nodes   (context added to %s)\n", name, user)
+			fmt.Fprintf(e.out(), "    kubectl --context %s get nodes   (context added to %s)\n", name, user)
 		}
 	}
 	return nil
