@@ -18,6 +18,7 @@ import (
 	"github.com/kubelab/kubelab/internal/driver/qemu"
 	"github.com/kubelab/kubelab/internal/lab"
 	"github.com/kubelab/kubelab/internal/pki"
+	"github.com/kubelab/kubelab/internal/progress"
 	"github.com/kubelab/kubelab/internal/versions"
 )
 
@@ -48,9 +49,51 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 	}, nil
 }
 
+// progressFlags are the lifecycle commands' -q and -o: how progress is
+// shown.
+type progressFlags struct {
+	quiet  bool
+	output string
+}
+
+func (f *progressFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "print only the line that ends each phase (and errors)")
+	cmd.Flags().StringVarP(&f.output, "output", "o", progress.FormatText,
+		"text (live lines on a terminal, plain lines otherwise) or json (one JSON event per line on stdout, nothing else)")
+}
+
+// check rejects an unknown -o value; commands call it before touching
+// anything.
+func (f *progressFlags) check() error {
+	if err := progress.CheckFormat(f.output); err != nil {
+		return fmt.Errorf("invalid value %q for flag -o/--output: allowed values are %s and %s",
+			f.output, progress.FormatText, progress.FormatJSON)
+	}
+	return nil
+}
+
+// reporter renders progress on the command's stdout: live when stdout is
+// a terminal, plain lines otherwise, or as -q and -o ask.
+func (f *progressFlags) reporter(cmd *cobra.Command) (*progress.Reporter, error) {
+	out := cmd.OutOrStdout()
+	width, terminal := progress.Terminal(out)
+	rep, err := progress.New(progress.Options{Out: out, Err: cmd.ErrOrStderr(), Format: f.output,
+		Quiet: f.quiet, Terminal: terminal, Width: width})
+	if err != nil {
+		return nil, fmt.Errorf("progress output: %w", err)
+	}
+	return rep, nil
+}
+
 // runPhases takes the lab's lock, runs the phases with Ctrl-C cancelling
-// them, and stores their timings for benchmarks.
+// them, and stores their timings for benchmarks. Progress is shown the
+// default way (live on a terminal, plain lines otherwise).
 func runPhases(cmd *cobra.Command, env *lab.Env, name string, dryRun bool, phases func(context.Context) ([]lab.Phase, error)) error {
+	return runPhasesWith(cmd, env, &progressFlags{}, name, dryRun, phases)
+}
+
+// runPhasesWith is runPhases with progress shown as pf (-q, -o) asks.
+func runPhasesWith(cmd *cobra.Command, env *lab.Env, pf *progressFlags, name string, dryRun bool, phases func(context.Context) ([]lab.Phase, error)) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if !dryRun {
@@ -60,11 +103,19 @@ func runPhases(cmd *cobra.Command, env *lab.Env, name string, dryRun bool, phase
 		}
 		defer lock.Release()
 	}
+	rep, err := pf.reporter(cmd)
+	if err != nil {
+		return err
+	}
+	defer rep.Close()
+	// Free text of the phases goes through the reporter too, so it does
+	// not break live lines or JSON output.
+	env.Progress, env.Out = rep, rep.Writer()
 	ps, err := phases(ctx)
 	if err != nil {
 		return err
 	}
-	timings, err := lab.Runner{Out: env.Out, DryRun: dryRun}.Run(ctx, ps)
+	timings, err := lab.Runner{Out: env.Out, DryRun: dryRun, Progress: rep}.Run(ctx, ps)
 	if !dryRun && len(timings) > 0 {
 		if werr := lab.WriteTimings(env.Layout.Timings(name), name, timings); werr != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", werr)
@@ -75,92 +126,119 @@ func runPhases(cmd *cobra.Command, env *lab.Env, name string, dryRun bool, phase
 
 func newUpCmd(g *globalOptions) *cobra.Command {
 	var dryRun, noMerge bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "up [CLUSTER...]",
 		Short: "Bring the lab (or some clusters) to Ready: render, image, network, disks, boot, etcd, API, add-ons, nodes",
 		Long: "up converges from any state (nothing, partial, stopped, after a crash or Ctrl-C).\n" +
-			"Each phase prints its duration; timings go to <labdir>/timings-up.json.",
+			"Each phase prints its duration; timings go to <labdir>/timings-up.json.\n" +
+			"While a phase waits, each node's or cluster's status is shown (live on a terminal);\n" +
+			"-q keeps only the phase lines, -o json prints one JSON event per line.",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, args)
 			if err != nil {
 				return err
 			}
 			env.MergeKubeconfig = !noMerge
-			return runPhases(cmd, env, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
+			return runPhasesWith(cmd, env, &pf, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
 	cmd.Flags().BoolVar(&noMerge, "no-merge", false, "do not add contexts to the user's kubeconfig")
+	pf.add(cmd)
 	return cmd
 }
 
 func newStartCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "start [CLUSTER...]",
 		Short: "Start stopped nodes and wait until the clusters are Ready again (same as up)",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, args)
 			if err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
+			return runPhasesWith(cmd, env, &pf, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
+	pf.add(cmd)
 	return cmd
 }
 
 func newStopCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "stop [CLUSTER...]",
 		Short: "Power the nodes off; disks, network and PKI stay for start",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, args)
 			if err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "stop", dryRun, func(context.Context) ([]lab.Phase, error) { return env.StopPhases(), nil })
+			return runPhasesWith(cmd, env, &pf, "stop", dryRun, func(context.Context) ([]lab.Phase, error) { return env.StopPhases(), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
 	return cmd
 }
 
 func newDestroyCmd(g *globalOptions) *cobra.Command {
 	var dryRun, purge bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "destroy [CLUSTER...]",
 		Short: "Remove VMs, disks, taps, bridge and rules (when unused), kubeconfig contexts; keeps the PKI unless --purge",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, args)
 			if err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "destroy", dryRun, func(context.Context) ([]lab.Phase, error) { return env.DestroyPhases(purge), nil })
+			return runPhasesWith(cmd, env, &pf, "destroy", dryRun, func(context.Context) ([]lab.Phase, error) { return env.DestroyPhases(purge), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed, remove nothing")
 	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the clusters' PKI and directories")
+	pf.add(cmd)
 	return cmd
 }
 
 func newRefreshCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "refresh NODE",
 		Short: "Re-provision a node from its image, keeping its identity; it rejoins",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, nil)
 			if err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "refresh", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.RefreshPhases(ctx, args[0]) })
+			return runPhasesWith(cmd, env, &pf, "refresh", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.RefreshPhases(ctx, args[0]) })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
 	return cmd
 }
 
