@@ -76,9 +76,9 @@ func (f *progressFlags) check() error {
 // a terminal, plain lines otherwise, or as -q and -o ask.
 func (f *progressFlags) reporter(cmd *cobra.Command) (*progress.Reporter, error) {
 	out := cmd.OutOrStdout()
-	width, terminal := progress.Terminal(out)
+	width, height, terminal := progress.Terminal(out)
 	rep, err := progress.New(progress.Options{Out: out, Err: cmd.ErrOrStderr(), Format: f.output,
-		Quiet: f.quiet, Terminal: terminal, Width: width})
+		Quiet: f.quiet, Terminal: terminal, Width: width, Height: height})
 	if err != nil {
 		return nil, fmt.Errorf("progress output: %w", err)
 	}
@@ -175,11 +175,11 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 }
 
 func newStopCmd(g *globalOptions) *cobra.Command {
-	var dryRun bool
+	var dryRun, suspend bool
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "stop [CLUSTER...]",
-		Short: "Power the nodes off; disks, network and PKI stay for start",
+		Short: "Power the nodes off (or --suspend them); disks, network and PKI stay for start",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := pf.check(); err != nil {
 				return err
@@ -188,10 +188,11 @@ func newStopCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runPhasesWith(cmd, env, &pf, "stop", dryRun, func(context.Context) ([]lab.Phase, error) { return env.StopPhases(), nil })
+			return runPhasesWith(cmd, env, &pf, "stop", dryRun, func(context.Context) ([]lab.Phase, error) { return env.StopPhases(suspend) })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	cmd.Flags().BoolVar(&suspend, "suspend", false, "save each node's memory and device state instead of shutting it down; start resumes it in seconds")
 	pf.add(cmd)
 	return cmd
 }

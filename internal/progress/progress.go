@@ -86,6 +86,10 @@ type Options struct {
 	// Width is the terminal's width in columns; live lines are cut to it
 	// so they never wrap (a wrapped line would break the redraw). 0 means 80.
 	Width int
+	// Height is the terminal's height in rows; the live block is kept
+	// shorter (the cursor cannot go back above the screen), the subjects
+	// that do not fit summed up in one line. 0 means no limit.
+	Height int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Refresh is how often the terminal redraws and the plain renderer
@@ -170,7 +174,7 @@ func New(o Options) (*Reporter, error) {
 	case o.Quiet:
 		rep.r = &quietRenderer{out: o.Out}
 	case o.Terminal:
-		rep.r = &terminalRenderer{out: o.Out, width: o.Width}
+		rep.r = &terminalRenderer{out: o.Out, width: o.Width, height: o.Height}
 		ticking = true
 	default:
 		rep.r = &plainRenderer{out: o.Out, still: o.StillEvery, gap: o.ChangeGap}

@@ -537,3 +537,44 @@ func TestClipAndOneLine(t *testing.T) {
 		}
 	}
 }
+
+// TestTerminalHeight: a block taller than the screen could not be redrawn
+// (the cursor stops at the top row), so subjects that do not fit are
+// counted, finished ones hidden first.
+func TestTerminalHeight(t *testing.T) {
+	c := newClock()
+	var buf bytes.Buffer
+	r, err := New(Options{Out: &buf, Terminal: true, Width: 80, Height: 6, Now: c.Now, manualTick: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.PhaseStart("nodes")
+	for i := 1; i <= 6; i++ {
+		r.Status(fmt.Sprintf("w%d", i), "waiting")
+	}
+	r.Final("w1", "Ready")
+	r.Final("w3", "Ready")
+	var scr screen
+	scr.feed(t, buf.String())
+	buf.Reset()
+	want := []string{
+		"==> nodes      running 0s",
+		"    w2      0s  waiting",
+		"    w4      0s  waiting",
+		"    w5      0s  waiting",
+		"    ... and 3 more",
+	}
+	if strings.Join(scr.rows, "\n") != strings.Join(want, "\n") {
+		t.Errorf("screen\n%s\nwant\n%s", strings.Join(scr.rows, "\n"), strings.Join(want, "\n"))
+	}
+	if len(scr.rows) > 6-1 {
+		t.Errorf("the block has %d rows on a screen of 6", len(scr.rows))
+	}
+	// At the end every subject is listed (static lines may scroll).
+	r.PhaseDone("nodes", time.Second)
+	r.Close()
+	scr.feed(t, buf.String())
+	if len(scr.rows) != 7 || scr.rows[0] != "==> nodes      done in 1s" || scr.rows[6] != "    w6      0s  waiting" {
+		t.Errorf("final screen:\n%s", strings.Join(scr.rows, "\n"))
+	}
+}

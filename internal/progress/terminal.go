@@ -15,6 +15,7 @@ import (
 type terminalRenderer struct {
 	out    io.Writer
 	width  int
+	height int // 0: no limit
 	active bool
 	phase  string
 	b      board
@@ -39,7 +40,7 @@ func (t *terminalRenderer) event(ev Event) {
 		var buf strings.Builder
 		buf.WriteString(t.erase())
 		buf.WriteString(SummaryLine(ev) + "\n")
-		for _, l := range t.subjectLines(ev.Time) {
+		for _, l := range t.subjectLines(ev.Time, nil) {
 			buf.WriteString(l + "\n")
 		}
 		t.live, t.active = 0, false
@@ -84,7 +85,14 @@ func (t *terminalRenderer) redraw(now time.Time, above string) {
 		header := clip(fmt.Sprintf("==> %-10s running %s", t.phase, elapsed(now.Sub(t.b.start))), t.width-1)
 		buf.WriteString(header + "\n")
 		t.live++
-		for _, l := range t.subjectLines(now) {
+		// The block must fit on the screen with a row to spare for the
+		// cursor: subjects that do not fit (finished ones first) are
+		// counted in a last line instead.
+		lines := t.subjectLines(now, t.visible(t.height-2))
+		if hidden := len(t.b.subjects) - len(lines); hidden > 0 {
+			lines = append(lines, clip(fmt.Sprintf("    ... and %d more", hidden), t.width-1))
+		}
+		for _, l := range lines {
 			buf.WriteString(l + "\n")
 			t.live++
 		}
@@ -94,12 +102,34 @@ func (t *terminalRenderer) redraw(now time.Time, above string) {
 	}
 }
 
-// subjectLines are the subjects' lines, cut to the terminal's width (less
-// one column, so no terminal wraps them).
-func (t *terminalRenderer) subjectLines(now time.Time) []string {
+// visible picks the subjects to show in rows rows: all of them (nil) if
+// they fit or there is no limit, else rows-1 of them, leaving a row for the
+// line that counts the hidden ones; unfinished ones are picked before
+// finished ones, and they keep their order.
+func (t *terminalRenderer) visible(rows int) map[*subject]bool {
+	if t.height <= 0 || len(t.b.subjects) <= rows {
+		return nil
+	}
+	show := map[*subject]bool{}
+	for _, final := range []bool{false, true} {
+		for _, s := range t.b.subjects {
+			if s.final == final && len(show) < rows-1 {
+				show[s] = true
+			}
+		}
+	}
+	return show
+}
+
+// subjectLines are the lines of the subjects in show (nil: all), cut to
+// the terminal's width less one column, so no terminal wraps them.
+func (t *terminalRenderer) subjectLines(now time.Time, show map[*subject]bool) []string {
 	w := t.b.nameWidth()
 	var out []string
 	for _, s := range t.b.subjects {
+		if show != nil && !show[s] {
+			continue
+		}
 		d := now.Sub(t.b.start)
 		if s.final {
 			d = s.at
