@@ -20,14 +20,27 @@ import (
 )
 
 // StopPhases shut every selected node down gracefully; disks, network and
-// PKI stay, so `start` brings the cluster back with its data.
-func (e *Env) StopPhases() []Phase {
+// PKI stay, so `start` brings the cluster back with its data. With suspend,
+// each node's memory and device state is saved beside its disk instead (the
+// driver must be a Suspender), and `start` resumes it in seconds.
+func (e *Env) StopPhases(suspend bool) ([]Phase, error) {
 	cls := e.clusters()
+	if suspend {
+		s, ok := e.Driver.(driver.Suspender)
+		if !ok {
+			return nil, fmt.Errorf("the %s driver cannot suspend machines", e.Driver.Name())
+		}
+		return []Phase{{
+			Name:     "suspend",
+			Describe: func() string { return "save every node's memory and device state beside its disk and stop it" },
+			Run:      func(ctx context.Context) error { return e.eachNode(ctx, cls, s.Suspend) },
+		}}, nil
+	}
 	return []Phase{{
 		Name:     "stop",
 		Describe: func() string { return "power every node off (ACPI, then kill after the driver's timeout)" },
 		Run:      func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Stop) },
-	}}
+	}}, nil
 }
 
 // DestroyPhases remove what `up` made for the selected clusters: VMs and
