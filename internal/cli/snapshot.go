@@ -30,11 +30,15 @@ func clusterAndName(args []string) (cluster, name string) {
 
 func newSnapshotSaveCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "save [CLUSTER] NAME",
 		Short: "Pause every node of the cluster, save its state, resume; CLUSTER may be left out when the lab has one",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, nil)
 			if err != nil {
 				return err
@@ -44,22 +48,27 @@ func newSnapshotSaveCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "snapshot-save", dryRun, func(context.Context) ([]lab.Phase, error) {
+			return runPhasesWith(cmd, env, &pf, "snapshot-save", dryRun, func(context.Context) ([]lab.Phase, error) {
 				return env.SnapshotSavePhases(c, name)
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
 	return cmd
 }
 
 func newSnapshotRestoreCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
+	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "restore [CLUSTER] NAME",
 		Short: "Bring the cluster back to a snapshot: every node replaced by its saved state, clocks stepped, Ready again",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
 			env, err := loadEnv(g, cmd, nil)
 			if err != nil {
 				return err
@@ -73,12 +82,13 @@ func newSnapshotRestoreCmd(g *globalOptions) *cobra.Command {
 			if _, err := env.ReadSnapshot(c, name); err != nil {
 				return err
 			}
-			return runPhases(cmd, env, "snapshot-restore", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
+			return runPhasesWith(cmd, env, &pf, "snapshot-restore", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
 				return env.SnapshotRestorePhases(ctx, c, name)
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
 	return cmd
 }
 

@@ -233,10 +233,13 @@ func (e *Env) saveCluster(ctx context.Context, snap driver.Snapshotter, c plan.C
 		if err := os.Mkdir(nodeDir, 0o700); err != nil {
 			return err
 		}
+		e.Progress.Status(m.Name, "saving memory, devices and disk layer")
 		saved, err := snap.SaveState(ctx, m, nodeDir)
 		if err != nil {
+			e.Progress.Final(m.Name, "save failed")
 			return err
 		}
+		e.Progress.Final(m.Name, "saved")
 		var rel []string
 		for _, f := range saved {
 			rel = append(rel, filepath.Join(m.Name, f))
@@ -256,7 +259,12 @@ func (e *Env) stepClocks(ctx context.Context, nodes []plan.Node) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = e.stepClock(ctx, n)
+			e.Progress.Status(n.Name, "stepping the clock over ssh")
+			if errs[i] = e.stepClock(ctx, n); errs[i] != nil {
+				e.Progress.Final(n.Name, "clock not stepped")
+				return
+			}
+			e.Progress.Final(n.Name, "clock stepped")
 		}()
 	}
 	wg.Wait()
@@ -340,7 +348,9 @@ func (e *Env) SnapshotRestorePhases(ctx context.Context, c plan.Cluster, name st
 	t := e.timeouts(ctx)
 	one := []plan.Cluster{c}
 	return []Phase{
-		{Name: "check", Describe: func() string { return "check the snapshot belongs to cluster " + c.Name + " and this hypervisor can load it" },
+		{Name: "check", Describe: func() string {
+			return "check the snapshot belongs to cluster " + c.Name + " and this hypervisor can load it"
+		},
 			Run: func(ctx context.Context) error {
 				m, err := e.ReadSnapshot(c, name)
 				if err != nil {
@@ -356,7 +366,13 @@ func (e *Env) SnapshotRestorePhases(ctx context.Context, c plan.Cluster, name st
 		{Name: "restore", Describe: func() string { return "replace every node by its saved memory, devices and disk layer (paused)" },
 			Run: func(ctx context.Context) error {
 				return e.eachNode(ctx, one, func(ctx context.Context, m driver.Machine) error {
-					return snap.RestoreState(ctx, m, filepath.Join(dir, m.Name))
+					e.Progress.Status(m.Name, "loading its saved state")
+					if err := snap.RestoreState(ctx, m, filepath.Join(dir, m.Name)); err != nil {
+						e.Progress.Final(m.Name, "restore failed")
+						return err
+					}
+					e.Progress.Final(m.Name, "restored, paused")
+					return nil
 				})
 			}},
 		{Name: "resume", Describe: func() string { return "let every node run again, all at once" },

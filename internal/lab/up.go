@@ -284,6 +284,24 @@ func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duratio
 			e.Progress.Final(m.Name, "failed: "+err.Error())
 			return err
 		}
+		if state == driver.StateSuspended {
+			// Its memory comes back: no boot, no marker; only the clock,
+			// which stood still while it was saved, must be stepped.
+			e.Progress.Status(m.Name, "resuming from its saved state")
+			if err := e.Driver.Start(ctx, m); err != nil {
+				e.Progress.Final(m.Name, "failed to resume")
+				return fmt.Errorf("resume: %w", err)
+			}
+			if _, n, ok := e.Plan.Node(m.Name); ok {
+				e.Progress.Status(m.Name, "resumed, stepping its clock")
+				if err := e.stepClock(ctx, n); err != nil {
+					e.Progress.Final(m.Name, "clock not stepped")
+					return fmt.Errorf("%w\n%s", err, consoleReport(console))
+				}
+			}
+			e.Progress.Final(m.Name, "resumed")
+			return nil
+		}
 		from := int64(0)
 		if state != driver.StateRunning {
 			e.Progress.Status(m.Name, driver.StageStarting)
