@@ -53,6 +53,9 @@ func TestLifecycleOverlay(t *testing.T) {
 	if out, err := h.kubectl("create", "configmap", "e2e-survives", "--from-literal=answer=42"); err != nil {
 		t.Fatalf("create configmap: %v\n%s", err, out)
 	}
+	h.snapshots()
+	h.suspendResume()
+
 	h.kubelab(shortTimeout, "stop")
 	if pids := qemuPIDs(h.lab); len(pids) != 0 {
 		t.Fatalf("QEMU still running after stop: %v", pids)
@@ -69,6 +72,10 @@ func TestLifecycleOverlay(t *testing.T) {
 	h.kubelab(shortTimeout, "destroy")
 	if _, err := os.Stat(filepath.Join(h.dir, "clusters", "k1", "pki", "ca.key")); err != nil {
 		t.Errorf("destroy without --purge removed the PKI: %v", err)
+	}
+	// destroy took the snapshots with it: nothing to restore.
+	if out, err := h.kubelabErr(shortTimeout, "snapshot", "restore", "s1"); err == nil || !strings.Contains(out, `no snapshot "s1"`) {
+		t.Fatalf("snapshot restore after destroy: %v\n%s", err, out)
 	}
 	if d := before.diff(h.residue()); len(d) > 0 {
 		t.Fatalf("destroy left residue:\n%s", strings.Join(d, "\n"))
@@ -184,4 +191,76 @@ func (h *harness) nodePortFromLAN() {
 		time.Sleep(5 * time.Second)
 	}
 	h.t.Fatalf("NodePort %s not reachable from the LAN namespace: %s", url, last)
+}
+
+// snapshots saves the cluster, changes it, restores it: what was written
+// before the save is there, what was written after is gone, every node is
+// Ready and its clock is the host's again.
+func (h *harness) snapshots() {
+	h.t.Helper()
+	h.kubelab(shortTimeout, "snapshot", "save", "s1")
+	if out, err := h.kubelabErr(shortTimeout, "snapshot", "save", "s1"); err == nil || !strings.Contains(out, "exists already") {
+		h.t.Fatalf("saving over an existing snapshot: %v\n%s", err, out)
+	}
+	if out := h.kubelab(shortTimeout, "snapshot", "list"); !strings.Contains(out, "s1") || !strings.Contains(out, "iB") {
+		h.t.Fatalf("snapshot list does not show s1 with its size:\n%s", out)
+	}
+	if out, err := h.kubectl("create", "configmap", "e2e-after-save", "--from-literal=answer=43"); err != nil {
+		h.t.Fatalf("create configmap: %v\n%s", err, out)
+	}
+	h.kubelab(upTimeout, "snapshot", "restore", "s1")
+	h.requireReady()
+	if out, err := h.kubectl("get", "configmap", "e2e-survives", "-o", "jsonpath={.data.answer}"); err != nil || out != "42" {
+		h.t.Fatalf("configmap written before the save, after restore: %q %v", out, err)
+	}
+	if out, err := h.kubectl("get", "configmap", "e2e-after-save"); err == nil || !strings.Contains(out, "NotFound") {
+		h.t.Fatalf("configmap written after the save is still there after restore: %v\n%s", err, out)
+	}
+	h.requireClocks()
+	h.requireTimings("snapshot-restore")
+}
+
+// suspendResume suspends every node and starts them again from memory.
+func (h *harness) suspendResume() {
+	h.t.Helper()
+	boots := map[string]int{"cp1": h.boots("cp1"), "w1": h.boots("w1")}
+	h.kubelab(shortTimeout, "stop", "--suspend")
+	if pids := qemuPIDs(h.lab); len(pids) != 0 {
+		h.t.Fatalf("QEMU still running after stop --suspend: %v", pids)
+	}
+	if out := h.kubelab(shortTimeout, "status"); strings.Count(out, "suspended") != 2 {
+		h.t.Fatalf("status after stop --suspend does not show both nodes suspended:\n%s", out)
+	}
+	h.kubelab(upTimeout, "start")
+	h.requireReady()
+	if out, err := h.kubectl("get", "configmap", "e2e-survives", "-o", "jsonpath={.data.answer}"); err != nil || out != "42" {
+		h.t.Fatalf("configmap after suspend/start: %q %v", out, err)
+	}
+	h.requireClocks()
+	for n, c := range boots {
+		if now := h.boots(n); now != c {
+			h.t.Fatalf("%s booted again on start after suspend (%d boots in its console, %d before)", n, now, c)
+		}
+	}
+}
+
+// boots counts the kernel boots in a node's console log.
+func (h *harness) boots(node string) int {
+	console, _ := os.ReadFile(filepath.Join(h.dir, "clusters", "k1", "nodes", node, "console.log"))
+	return strings.Count(string(console), "Linux version")
+}
+
+// requireClocks checks every node's clock is within 15 s of the host's.
+func (h *harness) requireClocks() {
+	h.t.Helper()
+	for _, n := range []string{"cp1", "w1"} {
+		out := h.kubelab(shortTimeout, "ssh", n, "date", "+%s")
+		var guest int64
+		if _, err := fmt.Sscan(strings.TrimSpace(out), &guest); err != nil {
+			h.t.Fatalf("date on %s: %q", n, out)
+		}
+		if d := time.Now().Unix() - guest; d > 15 || d < -15 {
+			h.t.Fatalf("clock of %s is %d s off the host's", n, d)
+		}
+	}
 }
