@@ -125,7 +125,7 @@ func runPhasesWith(cmd *cobra.Command, env *lab.Env, pf *progressFlags, name str
 }
 
 func newUpCmd(g *globalOptions) *cobra.Command {
-	var dryRun, noMerge bool
+	var dryRun, noMerge, together bool
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "up [CLUSTER...]",
@@ -143,17 +143,19 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			env.MergeKubeconfig = !noMerge
+			env.BootTogether = together
 			return runPhasesWith(cmd, env, &pf, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
 	cmd.Flags().BoolVar(&noMerge, "no-merge", false, "do not add contexts to the user's kubeconfig")
+	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
 	pf.add(cmd)
 	return cmd
 }
 
 func newStartCmd(g *globalOptions) *cobra.Command {
-	var dryRun bool
+	var dryRun, together bool
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "start [CLUSTER...]",
@@ -166,10 +168,12 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			env.BootTogether = together
 			return runPhasesWith(cmd, env, &pf, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
+	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
 	pf.add(cmd)
 	return cmd
 }

@@ -303,3 +303,27 @@ func TestSnapshotRestoreRefusals(t *testing.T) {
 		t.Error("deleting a snapshot that destroy removed succeeded")
 	}
 }
+
+func TestSplitByRole(t *testing.T) {
+	cls := []plan.Cluster{
+		{Name: "a", Nodes: []plan.Node{{Name: "cp", Roles: []string{"control-plane"}}, {Name: "w", Roles: []string{"worker"}}, {Name: "e", Roles: []string{"etcd"}}}},
+		{Name: "b", Nodes: []plan.Node{{Name: "w2", Roles: []string{"worker"}}}},
+		{Name: "c", Nodes: []plan.Node{{Name: "all", Roles: []string{"control-plane", "etcd", "worker"}}}},
+	}
+	first, rest := splitByRole(cls)
+	names := func(cs []plan.Cluster) string {
+		var out []string
+		for _, c := range cs {
+			for _, n := range c.Nodes {
+				out = append(out, c.Name+"/"+n.Name)
+			}
+		}
+		return strings.Join(out, ",")
+	}
+	if got := names(first); got != "a/cp,a/e,c/all" {
+		t.Errorf("first = %s", got)
+	}
+	if got := names(rest); got != "a/w,b/w2" {
+		t.Errorf("rest = %s", got)
+	}
+}

@@ -52,6 +52,9 @@ type Env struct {
 	MergeKubeconfig bool
 	// Timeouts are scaled to the accelerator; zero values get defaults.
 	Timeouts Timeouts
+	// BootTogether starts every node at once; by default the control
+	// plane and etcd nodes boot first and the workers after them.
+	BootTogether bool
 }
 
 // Timeouts bound each wait of `up`. Defaults are for software emulation
@@ -277,62 +280,105 @@ func (e *Env) eachNode(ctx context.Context, cls []plan.Cluster, fn func(context.
 func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return e.eachNode(ctx, cls, func(ctx context.Context, m driver.Machine) error {
-		console := e.Driver.ConsolePath(m)
-		state, err := e.Driver.State(ctx, m)
-		if err != nil {
-			e.Progress.Final(m.Name, "failed: "+err.Error())
-			return err
+	first, rest := splitByRole(cls)
+	if e.BootTogether || len(first) == 0 || len(rest) == 0 {
+		return e.eachNode(ctx, cls, e.bootNode)
+	}
+	// Staggered: the control plane and etcd nodes boot alone, so their
+	// services start while the workers boot (on a small host the VMs
+	// otherwise share the cores for the whole boot, and the API server's
+	// start comes after all of it).
+	for _, c := range rest {
+		for _, n := range c.Nodes {
+			e.Progress.Status(n.Name, "waiting for the control plane to boot first")
 		}
-		if state == driver.StateSuspended {
-			// Its memory comes back: no boot, no marker; only the clock,
-			// which stood still while it was saved, must be stepped.
-			e.Progress.Status(m.Name, "resuming from its saved state")
-			if err := e.Driver.Start(ctx, m); err != nil {
-				e.Progress.Final(m.Name, "failed to resume")
-				return fmt.Errorf("resume: %w", err)
-			}
-			if _, n, ok := e.Plan.Node(m.Name); ok {
-				e.Progress.Status(m.Name, "resumed, stepping its clock")
-				if err := e.stepClock(ctx, n); err != nil {
-					e.Progress.Final(m.Name, "clock not stepped")
-					return fmt.Errorf("%w\n%s", err, consoleReport(console))
-				}
-			}
-			e.Progress.Final(m.Name, "resumed")
-			return nil
-		}
-		from := int64(0)
-		if state != driver.StateRunning {
-			e.Progress.Status(m.Name, driver.StageStarting)
-			from = driver.ConsoleSize(console)
-			if err := e.Driver.Start(ctx, m); err != nil {
-				e.Progress.Final(m.Name, "failed to start")
-				return fmt.Errorf("start: %w\n%s", err, consoleReport(console))
-			}
-		} else {
-			e.Progress.Status(m.Name, "running, reading its console")
-		}
-		// A node that was already running has printed its marker in the
-		// current boot; from=0 finds it (or a later one) in the log.
-		alive := func() bool {
-			s, err := e.Driver.State(context.Background(), m)
-			return err == nil && s == driver.StateRunning
-		}
-		marker := versions.ReadyMarker + " " + m.Name
-		stages := driver.NewStageScanner(marker)
-		observe := func(chunk []byte) {
-			if stage, changed := stages.Feed(chunk); changed && stage != driver.StageReady {
-				e.Progress.Status(m.Name, stage)
+	}
+	if err := e.eachNode(ctx, first, e.bootNode); err != nil {
+		return err
+	}
+	return e.eachNode(ctx, rest, e.bootNode)
+}
+
+// splitByRole splits clusters' nodes into those running etcd or the
+// control plane and the others, keeping each cluster's name.
+func splitByRole(cls []plan.Cluster) (first, rest []plan.Cluster) {
+	for _, c := range cls {
+		f, r := c, c
+		f.Nodes, r.Nodes = nil, nil
+		for _, n := range c.Nodes {
+			if n.HasRole(spec.RoleControlPlane) || n.HasRole(spec.RoleEtcd) {
+				f.Nodes = append(f.Nodes, n)
+			} else {
+				r.Nodes = append(r.Nodes, n)
 			}
 		}
-		if err := driver.WaitConsoleWith(ctx, console, from, marker, driver.WaitOptions{Alive: alive, Observe: observe}); err != nil {
-			e.Progress.Final(m.Name, "failed during stage "+stages.Stage())
-			return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
+		if len(f.Nodes) > 0 {
+			first = append(first, f)
 		}
-		e.Progress.Final(m.Name, driver.StageReady)
+		if len(r.Nodes) > 0 {
+			rest = append(rest, r)
+		}
+	}
+	return first, rest
+}
+
+// bootNode starts one node unless it runs and waits for its readiness
+// marker; a suspended node is resumed and its clock stepped instead.
+func (e *Env) bootNode(ctx context.Context, m driver.Machine) error {
+	console := e.Driver.ConsolePath(m)
+	state, err := e.Driver.State(ctx, m)
+	if err != nil {
+		e.Progress.Final(m.Name, "failed: "+err.Error())
+		return err
+	}
+	if state == driver.StateSuspended {
+		// Its memory comes back: no boot, no marker; only the clock,
+		// which stood still while it was saved, must be stepped.
+		e.Progress.Status(m.Name, "resuming from its saved state")
+		if err := e.Driver.Start(ctx, m); err != nil {
+			e.Progress.Final(m.Name, "failed to resume")
+			return fmt.Errorf("resume: %w", err)
+		}
+		if _, n, ok := e.Plan.Node(m.Name); ok {
+			e.Progress.Status(m.Name, "resumed, stepping its clock")
+			if err := e.stepClock(ctx, n); err != nil {
+				e.Progress.Final(m.Name, "clock not stepped")
+				return fmt.Errorf("%w\n%s", err, consoleReport(console))
+			}
+		}
+		e.Progress.Final(m.Name, "resumed")
 		return nil
-	})
+	}
+	from := int64(0)
+	if state != driver.StateRunning {
+		e.Progress.Status(m.Name, driver.StageStarting)
+		from = driver.ConsoleSize(console)
+		if err := e.Driver.Start(ctx, m); err != nil {
+			e.Progress.Final(m.Name, "failed to start")
+			return fmt.Errorf("start: %w\n%s", err, consoleReport(console))
+		}
+	} else {
+		e.Progress.Status(m.Name, "running, reading its console")
+	}
+	// A node that was already running has printed its marker in the
+	// current boot; from=0 finds it (or a later one) in the log.
+	alive := func() bool {
+		s, err := e.Driver.State(context.Background(), m)
+		return err == nil && s == driver.StateRunning
+	}
+	marker := versions.ReadyMarker + " " + m.Name
+	stages := driver.NewStageScanner(marker)
+	observe := func(chunk []byte) {
+		if stage, changed := stages.Feed(chunk); changed && stage != driver.StageReady {
+			e.Progress.Status(m.Name, stage)
+		}
+	}
+	if err := driver.WaitConsoleWith(ctx, console, from, marker, driver.WaitOptions{Alive: alive, Observe: observe}); err != nil {
+		e.Progress.Final(m.Name, "failed during stage "+stages.Stage())
+		return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
+	}
+	e.Progress.Final(m.Name, driver.StageReady)
+	return nil
 }
 
 func consoleReport(path string) string {
