@@ -45,6 +45,7 @@ type options struct {
 	out     string
 	idle    time.Duration
 	skipSet map[string]bool
+	upFlags []string
 }
 
 func main() {
@@ -56,7 +57,9 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench", "directory for report.json and report.md")
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "how long an idle Ready cluster is sampled for RSS and CPU")
 	flag.StringVar(&skip, "skip", "", "comma-separated steps to leave out (floor,stopstart,suspend,snapshot)")
+	upFlags := flag.String("up-flags", "", "extra flags for up and start, e.g. --boot-together")
 	flag.Parse()
+	o.upFlags = strings.Fields(*upFlags)
 	o.skipSet = map[string]bool{}
 	for _, s := range strings.Split(skip, ",") {
 		if s != "" {
@@ -76,6 +79,7 @@ type Report struct {
 	Accelerator     string                          `json:"accelerator"`
 	Commit          string                          `json:"commit"`
 	Runs            int                             `json:"runs"`
+	UpFlags         []string                        `json:"upFlags,omitempty"`
 	Samples         map[string][]float64            `json:"samples"`    // step -> seconds per run
 	Phases          map[string]map[string][]float64 `json:"phases"`     // command -> phase -> seconds per run
 	IdleRSSMiB      map[string][]float64            `json:"idleRSSMiB"` // node -> per run
@@ -106,7 +110,7 @@ func run(o options) error {
 	o.bin = bin
 	ctx := context.Background()
 	r := &Report{Date: time.Now().UTC().Format(time.RFC3339), Runs: o.runs, Machine: machine(),
-		Commit: gitCommit(), Samples: map[string][]float64{}, Phases: map[string]map[string][]float64{},
+		Commit: gitCommit(), UpFlags: o.upFlags, Samples: map[string][]float64{}, Phases: map[string]map[string][]float64{},
 		IdleRSSMiB: map[string][]float64{}, IdleCPUPct: map[string][]float64{}, DiskBytes: map[string][]float64{}}
 
 	// The default lab, its image in place (built from cached components).
@@ -135,7 +139,7 @@ func run(o options) error {
 			}
 			r.add("floor", t)
 		}
-		if err := o.timed(r, "up", "up", "--no-merge"); err != nil {
+		if err := o.timed(r, "up", "up", append([]string{"up", "--no-merge"}, o.upFlags...)...); err != nil {
 			return err
 		}
 		if err := idle(o, d, r); err != nil {
@@ -167,7 +171,7 @@ func run(o options) error {
 			if err := o.timed(r, "stop", "stop", "stop"); err != nil {
 				return err
 			}
-			if err := o.timed(r, "start", "start", "start"); err != nil {
+			if err := o.timed(r, "start", "start", append([]string{"start"}, o.upFlags...)...); err != nil {
 				return err
 			}
 		}
@@ -476,8 +480,8 @@ func write(o options, r *Report) error {
 
 func markdown(r *Report) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# kubelab benchmark\n\n%s, commit %s, %s, accelerator %s, %d run(s) of each step.\n\n",
-		r.Date, r.Commit, r.Machine, r.Accelerator, r.Runs)
+	fmt.Fprintf(&b, "# kubelab benchmark\n\n%s, commit %s, %s, accelerator %s, %d run(s) of each step, up/start flags %q.\n\n",
+		r.Date, r.Commit, r.Machine, r.Accelerator, r.Runs, strings.Join(r.UpFlags, " "))
 	b.WriteString("| step | min | median |\n|---|---|---|\n")
 	order := []string{"floor", "up", "snapshot save", "snapshot restore", "stop --suspend", "start (suspended)", "stop", "start", "destroy"}
 	for _, step := range order {
