@@ -55,7 +55,9 @@ type Manifest struct {
 	Packages                 map[string]string `json:"packages,omitempty"`
 	Components               map[string]string `json:"components,omitempty"`
 	ComponentsManifestSHA256 string            `json:"components_manifest_sha256,omitempty"`
-	Images                   []ComponentImage  `json:"images,omitempty"`
+	// Images are in the image's containerd store (namespace k8s.io,
+	// unpacked with overlayfs) under these refs; the tarballs are not.
+	Images []ComponentImage `json:"images,omitempty"`
 	// Artifacts maps each file of the image directory to its sha256.
 	Artifacts map[string]string `json:"artifacts"`
 	// ApparentSize is the size of the root filesystem as the guest sees it.
@@ -199,6 +201,7 @@ func (b *builder) run(ctx context.Context) (Manifest, error) {
 		{"base system", func() error { return b.baseSystem(ctx) }},
 		{"configure", b.configure},
 		{"install components", b.installComponents},
+		{"preload images", func() error { return b.preloadImages(ctx) }},
 		{"package versions", func() (err error) { m.Packages, err = b.packageVersions(ctx); return err }},
 		{"kernel extraction", b.extractKernel},
 		{"mkfs", func() error { return b.mkfs(ctx) }},
@@ -326,17 +329,16 @@ func (b *builder) systemctl(args ...string) error {
 	return nil
 }
 
+// installComponents installs the binaries and CNI plugins. The container
+// image tarballs are not installed: preloadImages puts the images into
+// containerd's store instead.
 func (b *builder) installComponents() error {
 	for _, p := range []struct{ sub, dest string }{
-		{"bin", versions.NodeBinDir}, {"cni", versions.NodeCNIBinDir}, {"images", versions.NodeImagesDir},
+		{"bin", versions.NodeBinDir}, {"cni", versions.NodeCNIBinDir},
 	} {
-		mode := fs.FileMode(0o755)
-		if p.sub == "images" {
-			mode = 0o644
-		}
 		for _, name := range b.comps.names(p.sub) {
 			src := filepath.Join(b.comps.Dir, p.sub, name)
-			if err := copyFile(src, filepath.Join(b.root, p.dest, name), mode); err != nil {
+			if err := copyFile(src, filepath.Join(b.root, p.dest, name), 0o755); err != nil {
 				return fmt.Errorf("install %s: %w", src, err)
 			}
 		}

@@ -19,7 +19,7 @@ var assets embed.FS
 
 // builderVersion changes whenever the build steps themselves change in a way
 // that the other inputs do not show (file placement, enabled units, ...).
-const builderVersion = "kubelab-image/1"
+const builderVersion = "kubelab-image/2"
 
 // DefaultPackages are the Debian packages of kubelab's node image. Debian's
 // containerd, runc and etcd are deliberately absent: the components built by
