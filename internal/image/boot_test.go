@@ -14,13 +14,10 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver/qemu"
+	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/versions"
 )
 
-// TestBuildAndBoot is the image's definition of done: build the node image
-// from the real components, boot it under QEMU inside a network namespace
-// with an overlay config disk, and check over ssh that containerd runs with
-// the pre-loaded images and the pinned binaries.
 // buildTestImage builds (or takes from the cache) the node image from the
 // real components and checks its manifest.
 func buildTestImage(t *testing.T) (Built, Components) {
@@ -84,9 +81,14 @@ func buildTestImage(t *testing.T) (Built, Components) {
 	return built, comps
 }
 
+// TestBuildAndBoot is the image's definition of done: build the node image
+// from the real components, boot it under QEMU inside a network namespace
+// with an overlay config disk that starts containerd with the node's real
+// configuration, and check over ssh the pinned binaries and that the
+// container images are in containerd's store, unpacked, seen by CRI, with
+// nothing imported at boot. It logs what each unit cost at boot.
 func TestBuildAndBoot(t *testing.T) {
 	built, comps := buildTestImage(t)
-	vm := bootVM(t, built.Dir, true, []string{"containerd.service"})
 	want := versions.Default()
 	if v := comps.Versions["Kubernetes"]; v != "" {
 		want.Kubernetes = v
@@ -94,18 +96,27 @@ func TestBuildAndBoot(t *testing.T) {
 	if v := comps.Versions["Etcd"]; v != "" {
 		want.Etcd = v
 	}
+	if v := comps.Versions["Pause"]; v != "" {
+		want.Pause = v
+	}
+	if v := comps.Versions["CoreDNS"]; v != "" {
+		want.CoreDNS = v
+	}
+	vm := bootVM(t, built.Dir, true, []string{"containerd.service"}, want)
+	refs := []string{want.PauseImage(), want.CoreDNSImage(), versions.TestImage}
 	checks := []struct{ cmd, want string }{
 		{"systemctl is-active containerd", "active"},
-		{"systemctl is-active kubelab-images", "active"},
 		{"kubelet --version", "Kubernetes " + want.Kubernetes},
 		{"kube-apiserver --version", "Kubernetes " + want.Kubernetes},
 		{"etcd --version", "etcd Version: " + strings.TrimPrefix(want.Etcd, "v")},
-		{"ctr -n k8s.io images ls -q", want.PauseImage()},
-		{"ctr -n k8s.io images ls -q", want.CoreDNSImage()},
-		{"ctr -n k8s.io images ls -q", versions.TestImage},
 		{"hostname", "kltest-node"},
 		{"ls /etc/ssh/ssh_host_*_key", "/etc/ssh/ssh_host_ed25519_key"},
 		{"stat -fc %T /sys/fs/cgroup", "cgroup2fs"},
+		// The images came with the image: the import service had nothing
+		// to do and was skipped without running.
+		{"systemctl show -p ConditionResult kubelab-images", "ConditionResult=no"},
+		{"systemctl show -p ExecMainStartTimestampMonotonic kubelab-images", "ExecMainStartTimestampMonotonic=0"},
+		{"test -z \"$(ls -A " + versions.NodeImagesDir + ")\" && echo no tarballs", "no tarballs"},
 	}
 	for _, c := range checks {
 		out, err := vm.ssh(c.cmd)
@@ -113,15 +124,81 @@ func TestBuildAndBoot(t *testing.T) {
 			t.Errorf("%s: %v\n got: %s\nwant: %s", c.cmd, err, out, c.want)
 		}
 	}
+	if out, _ := vm.ssh("journalctl -b -o cat -u kubelab-images"); strings.Contains(out, "importing") {
+		t.Errorf("kubelab-images imported something at boot:\n%s", out)
+	}
+	// Complete and unpacked for the snapshotter the node's containerd
+	// configuration names, under the names it uses.
+	if out, err := vm.ssh("ctr -n k8s.io images check --snapshotter overlayfs; ctr -n k8s.io snapshots --snapshotter overlayfs ls"); err != nil {
+		t.Errorf("ctr images check: %v\n%s", err, out)
+	} else {
+		t.Logf("containerd's store on the node:\n%s", out)
+		for _, ref := range refs {
+			if !regexpLine(out, ref, "complete", "true") {
+				t.Errorf("%s not complete and unpacked (overlayfs) on the node", ref)
+			}
+		}
+	}
+	// CRI's view, which is what kubelet asks before it would pull: every
+	// image there, the sandbox image pinned.
+	if out, err := vm.ssh("crictl --runtime-endpoint unix:///run/containerd/containerd.sock --image-endpoint unix:///run/containerd/containerd.sock images -o json 2>/dev/null"); err != nil {
+		t.Errorf("crictl images: %v\n%s", err, out)
+	} else {
+		var list struct {
+			Images []struct {
+				RepoTags []string `json:"repoTags"`
+				Pinned   bool     `json:"pinned"`
+			} `json:"images"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Errorf("crictl images -o json: %v\n%s", err, out)
+		}
+		pinned := map[string]bool{}
+		for _, im := range list.Images {
+			for _, tag := range im.RepoTags {
+				pinned[tag] = im.Pinned
+			}
+		}
+		for _, ref := range refs {
+			p, ok := pinned[ref]
+			if !ok {
+				t.Errorf("CRI does not list %s:\n%s", ref, out)
+			} else if p != (ref == want.PauseImage()) {
+				t.Errorf("CRI: %s pinned = %v", ref, p)
+			}
+		}
+	}
+	logBootCost(t, vm, "containerd.service", "kubelab-images.service")
+	// The unpacked layers work after the trip through mkfs.ext4: a
+	// container runs from them.
+	if out, err := vm.ssh("ctr -n k8s.io run --rm " + versions.TestImage + " kltest-run sh -c 'echo hello from $(id -un)'"); err != nil || !strings.Contains(out, "hello from root") {
+		t.Errorf("container from the preloaded test image: %v\n%s", err, out)
+	}
+	// The service still imports a tarball a user adds: the test image,
+	// removed from the store first, comes back from its tarball.
+	var tarball string
+	for _, im := range comps.Images {
+		if im.Ref == versions.TestImage {
+			tarball = filepath.Join(comps.Dir, im.File)
+		}
+	}
+	if out, err := vm.ssh("ctr -n k8s.io images rm " + versions.TestImage); err != nil {
+		t.Errorf("remove the test image: %v\n%s", err, out)
+	}
+	if out, err := vm.sshIn(tarball, "cat >"+versions.NodeImagesDir+"/kltest.tar"); err != nil {
+		t.Errorf("copy a tarball to the node: %v\n%s", err, out)
+	}
+	if out, err := vm.ssh("systemctl restart kubelab-images; ctr -n k8s.io images check -q --snapshotter overlayfs; " +
+		"journalctl -b -o cat -u kubelab-images"); err != nil ||
+		!strings.Contains(out, versions.TestImage+"\n") || !strings.Contains(out, "importing kltest.tar") {
+		t.Errorf("import of a tarball added later: %v\n%s", err, out)
+	}
 	// The overlay supplied one host key; none may have been generated.
 	if out, _ := vm.ssh("ls /etc/ssh/"); strings.Contains(out, "ssh_host_rsa_key") {
 		t.Errorf("host keys were generated although the overlay provided one:\n%s", out)
 	}
 	if out, _ := vm.ssh("systemctl --failed --no-legend"); strings.TrimSpace(out) != "" {
 		t.Errorf("failed units on the node:\n%s", out)
-	}
-	if out, err := vm.ssh("systemd-analyze"); err == nil {
-		t.Logf("guest: %s", strings.TrimSpace(out))
 	}
 	if t.Failed() {
 		vm.dumpConsole()
@@ -143,7 +220,7 @@ func TestBootOverlayVariants(t *testing.T) {
 		{"cloud-init enabled without cidata", false, "DataSourceNone"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			vm := bootVM(t, built.Dir, tt.noCloudInit, nil)
+			vm := bootVM(t, built.Dir, tt.noCloudInit, nil, versions.Default())
 			for _, c := range []struct{ cmd, want string }{
 				{"hostname", "kltest-node"},
 				{"ls /etc/systemd/network/", "10-eth0.network"},
@@ -162,13 +239,53 @@ func TestBootOverlayVariants(t *testing.T) {
 			if out, _ := vm.ssh("systemctl --failed --no-legend"); strings.TrimSpace(out) != "" {
 				t.Errorf("failed units on the node:\n%s", out)
 			}
-			if out, err := vm.ssh("systemd-analyze; systemd-analyze blame | head -8; journalctl -b -o short-monotonic -u kubelab-overlay | tail -4"); err == nil {
+			logBootCost(t, vm)
+			if out, err := vm.ssh("journalctl -b -o short-monotonic -u kubelab-overlay | tail -4"); err == nil {
 				t.Logf("guest:\n%s", strings.TrimSpace(out))
 			}
 			if t.Failed() {
 				vm.dumpConsole()
 			}
 		})
+	}
+}
+
+// logBootCost logs what the boot cost the node: systemd-analyze's split,
+// blame and critical chain to the readiness marker, and for the given
+// units the time from starting to started.
+func logBootCost(t *testing.T, vm *testVM, units ...string) {
+	t.Helper()
+	out, err := vm.ssh("systemd-analyze; systemd-analyze blame --no-pager | head -30; " +
+		"systemd-analyze critical-chain --no-pager kubelab-ready.service")
+	if err != nil {
+		t.Logf("systemd-analyze: %v\n%s", err, out)
+		return
+	}
+	t.Logf("boot cost:\n%s", strings.TrimSpace(out))
+	for _, u := range units {
+		out, err := vm.ssh("systemctl show -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p ConditionResult " + u)
+		if err != nil {
+			t.Logf("%s: %v", u, err)
+			continue
+		}
+		props := map[string]int64{}
+		cond := ""
+		for _, line := range strings.Split(out, "\n") {
+			k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+			if k == "ConditionResult" {
+				cond = v
+				continue
+			}
+			var n int64
+			fmt.Sscan(v, &n)
+			props[k] = n
+		}
+		start, up := props["InactiveExitTimestampMonotonic"], props["ActiveEnterTimestampMonotonic"]
+		if cond == "no" || start == 0 {
+			t.Logf("unit %s: not run (condition %s)", u, cond)
+			continue
+		}
+		t.Logf("unit %s: starting at %.1fs, started after %.2fs", u, float64(start)/1e6, float64(up-start)/1e6)
 	}
 }
 
@@ -199,6 +316,23 @@ func (vm *testVM) ssh(command string) (string, error) {
 	return string(out), err
 }
 
+// sshIn runs command with the file's content as its standard input.
+func (vm *testVM) sshIn(file, command string) (string, error) {
+	in, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", vm.ns, "ssh", "-i", vm.key,
+		"-o", "UserKnownHostsFile="+vm.known, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+		"-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@"+vm.addr, command)
+	cmd.Stdin = in
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 func (vm *testVM) dumpConsole() {
 	data, _ := os.ReadFile(vm.console)
 	vm.t.Logf("console tail:\n%s", tail(string(data), 80))
@@ -207,7 +341,9 @@ func (vm *testVM) dumpConsole() {
 // bootVM boots the image with an overlay config disk inside a fresh network
 // namespace and waits for the readiness marker. Everything is torn down when
 // the test ends, failed or not.
-func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string) *testVM {
+// The node gets containerd with the configuration a worker of versions vs
+// gets (started only when enable names it).
+func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string, vs versions.Set) *testVM {
 	t.Helper()
 	dir := t.TempDir()
 	suffix := randHex(3)
@@ -244,7 +380,6 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string) *t
 		t.Fatal(err)
 	}
 
-	pause := versions.Default().PauseImage()
 	meta, _ := json.Marshal(map[string]any{"enable": enable, "mask": []string{}, "hostname": "kltest-node"})
 	overlay := []tarEntry{
 		{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
@@ -253,7 +388,7 @@ func bootVM(t *testing.T, imageDir string, noCloudInit bool, enable []string) *t
 		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, string(hostPub)},
 		{"root/.ssh/", 0o700, ""},
 		{"root/.ssh/authorized_keys", 0o600, string(clientPub)},
-		{"etc/containerd/config.toml", 0o644, containerdConfig(pause)},
+		{strings.TrimPrefix(nodeconfig.ContainerdConf, "/"), 0o644, nodeconfig.ContainerdConfig(vs)},
 		{"etc/systemd/system/containerd.service", 0o644, containerdUnit},
 		{"etc/kubelab/overlay.json", 0o644, string(meta)},
 	}
@@ -373,31 +508,13 @@ func writeTar(path string, entries []tarEntry) error {
 	return os.WriteFile(path, buf.Bytes(), 0o600)
 }
 
-func containerdConfig(pause string) string {
-	return `version = 3
-
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = '` + pause + `'
-
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-  runtime_type = 'io.containerd.runc.v2'
-
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-  SystemdCgroup = true
-
-[plugins.'io.containerd.cri.v1.runtime'.cni]
-  bin_dirs = ['` + versions.NodeCNIBinDir + `']
-  conf_dir = '/etc/cni/net.d'
-`
-}
-
 const containerdUnit = `[Unit]
 Description=containerd container runtime
 After=network.target local-fs.target
 
 [Service]
 ExecStartPre=-/sbin/modprobe overlay
-ExecStart=` + versions.NodeBinDir + `/containerd
+ExecStart=` + versions.NodeBinDir + `/containerd --config ` + nodeconfig.ContainerdConf + `
 Type=notify
 Delegate=yes
 KillMode=process
