@@ -11,6 +11,7 @@ import (
 
 	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/image"
+	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/render/cloudinit"
 	"github.com/kubelab/kubelab/internal/versions"
 )
@@ -19,8 +20,10 @@ import (
 // by an overlay config disk (kubelab's own way) and by a cloud-init cidata
 // ISO: readiness marker with the hostname the configuration set, the node
 // answers on the tap's network, ACPI powerdown stops it cleanly,
-// Reprovision gives it a fresh disk. It logs the boot time to the marker
-// and the idle QEMU RSS.
+// Reprovision gives it a fresh disk. The overlay node runs containerd with
+// a worker's configuration and reports on its console that the container
+// images came with the image: complete and unpacked, nothing imported at
+// boot. It logs the boot time to the marker and the idle QEMU RSS.
 func TestNodeImage(t *testing.T) {
 	requireVMs(t)
 	img := ensureNodeImage(t)
@@ -28,7 +31,10 @@ func TestNodeImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Run("overlay", func(t *testing.T) { bootNodeImage(t, img, overlayConfig(t, manifest)) })
+	t.Run("overlay", func(t *testing.T) {
+		config, verify := workerOverlay(t, manifest)
+		bootNodeImage(t, img, config, verify)
+	})
 	t.Run("cloud-init", func(t *testing.T) {
 		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
 			dir := filepath.Join(work, "cloud-init")
@@ -49,15 +55,17 @@ func TestNodeImage(t *testing.T) {
 				}
 			}
 			return driver.Config{Kind: driver.ConfigCloudInit, Path: dir}, manifest.KernelCmdline
-		})
+		}, nil)
 	})
 }
 
 const testMAC = "52:54:00:4e:31:02"
 
 // bootNodeImage runs one node through the whole lifecycle; config makes its
-// configuration medium and kernel command line.
-func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host string) (driver.Config, string)) (bootSeconds float64, rssMiB int) {
+// configuration medium and kernel command line; verify, if set, checks the
+// console once the node is ready.
+func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host string) (driver.Config, string),
+	verify func(t testing.TB, console string)) (bootSeconds float64, rssMiB int) {
 	tn := newTestNet(t)
 	work := t.TempDir()
 	host := "kltest-" + strings.ReplaceAll(filepath.Base(t.Name()), "-", "")
@@ -110,6 +118,13 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 	bootSeconds = time.Since(t0).Seconds()
 	t.Logf("node image boot to %q (%s): %.1fs", marker, accel, bootSeconds)
 	mustState(t, d, m, driver.StateRunning)
+	if verify != nil {
+		data, err := os.ReadFile(d.ConsolePath(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		verify(t, string(data))
+	}
 
 	// The NIC works: the node's sshd answers inside the test's namespace.
 	if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
@@ -172,6 +187,68 @@ func overlayConfig(t testing.TB, manifest image.Manifest) func(tn testNet, work,
 	}
 }
 
+// workerOverlay is overlayConfig plus containerd with a worker's
+// configuration (nodeconfig's) and a unit that writes, before the readiness
+// marker, what containerd holds on the console: each image that is
+// complete and unpacked for overlayfs, and whether kubelab-images ran.
+// verify checks that console.
+func workerOverlay(t testing.TB, manifest image.Manifest) (config func(tn testNet, work, host string) (driver.Config, string), verify func(t testing.TB, console string)) {
+	vs := versions.Default()
+	if p := manifest.Components["Pause"]; p != "" {
+		vs.Pause = p
+	}
+	if c := manifest.Components["CoreDNS"]; c != "" {
+		vs.CoreDNS = c
+	}
+	config = func(tn testNet, work, host string) (driver.Config, string) {
+		overlay := filepath.Join(work, "overlay.tar")
+		err := writeOverlay(overlay, []tarFile{
+			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
+			{strings.TrimPrefix(nodeconfig.ContainerdConf, "/"), 0o644, nodeconfig.ContainerdConfig(vs)},
+			{"etc/systemd/system/containerd.service", 0o644, "[Unit]\nAfter=network.target local-fs.target\n\n[Service]\n" +
+				"ExecStartPre=-/sbin/modprobe overlay\nExecStart=" + versions.NodeBinDir + "/containerd --config " + nodeconfig.ContainerdConf +
+				"\nType=notify\nDelegate=yes\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"},
+			{"usr/local/lib/kltest-images", 0o755, `#!/bin/sh
+ctr -n k8s.io images check -q --snapshotter overlayfs | sed 's/^/KLTEST-UNPACKED /' >/dev/ttyS0
+echo "KLTEST-IMPORT-SERVICE $(systemctl show -p ConditionResult -p ExecMainStartTimestampMonotonic kubelab-images | sort | tr '\n' ' ')" >/dev/ttyS0
+`},
+			{"etc/systemd/system/kltest-images.service", 0o644, "[Unit]\nRequires=containerd.service\n" +
+				"After=containerd.service kubelab-images.service\nBefore=kubelab-ready.service\n\n" +
+				"[Service]\nType=oneshot\nExecStart=/usr/local/lib/kltest-images\n\n[Install]\nWantedBy=multi-user.target\n"},
+			{"etc/kubelab/overlay.json", 0o644, `{"enable":["containerd.service","kltest-images.service"],"mask":[],"hostname":"` + host + `"}`},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return driver.Config{Kind: driver.ConfigOverlay, Path: overlay}, manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
+	}
+	verify = func(t testing.TB, console string) {
+		t.Helper()
+		unpacked := map[string]bool{}
+		service := ""
+		for _, line := range strings.Split(console, "\n") {
+			line = strings.TrimSpace(line)
+			if ref, ok := strings.CutPrefix(line, "KLTEST-UNPACKED "); ok {
+				unpacked[ref] = true
+			}
+			if s, ok := strings.CutPrefix(line, "KLTEST-IMPORT-SERVICE "); ok {
+				service = s
+			}
+		}
+		for _, ref := range []string{vs.PauseImage(), vs.CoreDNSImage(), versions.TestImage} {
+			if !unpacked[ref] {
+				t.Errorf("%s is not complete and unpacked (overlayfs) in the node's containerd; unpacked: %v", ref, unpacked)
+			}
+		}
+		// Skipped by its condition: never started, nothing imported.
+		if want := "ConditionResult=no ExecMainStartTimestampMonotonic=0"; !strings.Contains(service, want) {
+			t.Errorf("kubelab-images at boot: %q, want %q", service, want)
+		}
+	}
+	return config, verify
+}
+
 // BenchmarkNodeBoot reports the time from Start to the readiness marker of
 // kubelab's node image with an overlay disk, and QEMU's idle RSS:
 // go test -run '^$' -bench NodeBoot -benchtime 1x ./internal/driver/qemu
@@ -185,7 +262,7 @@ func BenchmarkNodeBoot(b *testing.B) {
 	var secs float64
 	var rss int
 	for i := 0; i < b.N; i++ {
-		s, r := bootNodeImage(b, img, overlayConfig(b, manifest))
+		s, r := bootNodeImage(b, img, overlayConfig(b, manifest), nil)
 		secs += s
 		rss += r
 	}
