@@ -35,9 +35,11 @@ const (
 	QMPFile     = "qmp.sock"
 	ScriptFile  = "qemu.sh" // the command line, for people to read (and run)
 	CIDataFile  = "cidata.iso"
+	// StartLogFile holds what QEMU printed while starting.
+	StartLogFile = "qemu-start.log"
 )
 
-var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile, SuspendFile, SuspendFile + ".tmp"}
+var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile, SuspendFile, SuspendFile + ".tmp", StartLogFile}
 
 // Accelerators.
 const (
@@ -343,12 +345,21 @@ func (d *Driver) launch(ctx context.Context, m driver.Machine, extra ...string) 
 	// Leftovers of a crashed QEMU would confuse the checks below.
 	_ = os.Remove(PIDFilePath(m))
 	_ = os.Remove(QMPPath(m))
+	// -daemonize: QEMU returns once the VM is set up (devices opened, pid
+	// file written); errors before that come on its output. The output goes
+	// to a file, not a pipe: processes QEMU starts (the exec: of an
+	// incoming migration) inherit it and may hold it open for long.
+	logPath := filepath.Join(m.Dir, StartLogFile)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("machine %s: %w", m.ID(), err)
+	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = m.Dir
-	cmd.WaitDelay = 5 * time.Second
-	// -daemonize: QEMU returns once the VM is set up (devices opened, pid
-	// file written); errors before that come back on its output.
-	out, err := cmd.CombinedOutput()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	err = cmd.Run()
+	logFile.Close()
+	out, _ := os.ReadFile(logPath)
 	if err != nil {
 		return fmt.Errorf("machine %s: start QEMU (see %s): %w\n%s", m.ID(), filepath.Join(m.Dir, ScriptFile), err, strings.TrimSpace(string(out)))
 	}
