@@ -281,18 +281,14 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// sshArgs logs in as root with the lab's key and the node's pinned host key:
-// no prompts, no trust on first use.
+// sshArgs logs in to node as root (lab.Env.SSHArgs: the lab's key, the
+// node's pinned host key, no prompts).
 func sshArgs(env *lab.Env, node string, command []string) ([]string, error) {
 	_, n, ok := env.Plan.Node(node)
 	if !ok {
 		return nil, fmt.Errorf("no node %q in lab.yaml", node)
 	}
-	args := []string{"ssh", "-i", env.Layout.SSHKey(), "-o", "IdentitiesOnly=yes",
-		"-o", "UserKnownHostsFile=" + env.Layout.KnownHosts(), "-o", "GlobalKnownHostsFile=/dev/null",
-		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-		"-o", "ConnectTimeout=10", "root@" + n.Address.String()}
-	return append(args, command...), nil
+	return env.SSHArgs(n, command...), nil
 }
 
 func newSSHCmd(g *globalOptions) *cobra.Command {
