@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/fsutil"
 )
 
 // Files of a saved state. In a snapshot directory both are present; the
@@ -272,29 +272,6 @@ func (d *Driver) resumeSuspended(ctx context.Context, m driver.Machine) error {
 	return nil
 }
 
-// copyFile copies src to dst through a temporary file and a rename, mode
-// 0600 (disk layers and memory images hold the node's secrets). io.Copy
-// between files uses copy_file_range, so filesystems that can share
-// extents do not copy the data.
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, dst)
-}
+// copyFile copies a disk layer or memory image, 0600: they hold the
+// node's secrets.
+func copyFile(src, dst string) error { return fsutil.CopyFile(src, dst, 0o600, 0o700) }
