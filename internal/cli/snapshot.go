@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kubelab/kubelab/internal/lab"
+	"github.com/kubelab/kubelab/internal/plan"
 )
 
 func newSnapshotCmd(g *globalOptions) *cobra.Command {
@@ -29,41 +30,28 @@ func clusterAndName(args []string) (cluster, name string) {
 }
 
 func newSnapshotSaveCmd(g *globalOptions) *cobra.Command {
-	var dryRun bool
-	var pf progressFlags
-	cmd := &cobra.Command{
-		Use:   "save [CLUSTER] NAME",
-		Short: "Pause every node of the cluster, save its state, resume; CLUSTER may be left out when the lab has one",
-		Args:  cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := pf.check(); err != nil {
-				return err
-			}
-			env, err := loadEnv(g, cmd, nil)
-			if err != nil {
-				return err
-			}
-			clusterName, name := clusterAndName(args)
-			c, err := env.SnapshotCluster(clusterName)
-			if err != nil {
-				return err
-			}
-			return runPhasesWith(cmd, env, &pf, "snapshot-save", dryRun, func(context.Context) ([]lab.Phase, error) {
-				return env.SnapshotSavePhases(c, name)
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
-	pf.add(cmd)
-	return cmd
+	return snapshotPhasesCmd(g, "save", "Pause every node of the cluster, save its state, resume; CLUSTER may be left out when the lab has one",
+		func(ctx context.Context, env *lab.Env, c plan.Cluster, name string) ([]lab.Phase, error) {
+			return env.SnapshotSavePhases(c, name)
+		})
 }
 
 func newSnapshotRestoreCmd(g *globalOptions) *cobra.Command {
+	return snapshotPhasesCmd(g, "restore", "Bring the cluster back to a snapshot: every node replaced by its saved state, clocks stepped, Ready again",
+		func(ctx context.Context, env *lab.Env, c plan.Cluster, name string) ([]lab.Phase, error) {
+			return env.SnapshotRestorePhases(ctx, c, name)
+		})
+}
+
+// snapshotPhasesCmd is `snapshot VERB [CLUSTER] NAME`, run as phases under
+// the lab's lock with the usual progress flags.
+func snapshotPhasesCmd(g *globalOptions, verb, short string,
+	phases func(context.Context, *lab.Env, plan.Cluster, string) ([]lab.Phase, error)) *cobra.Command {
 	var dryRun bool
 	var pf progressFlags
 	cmd := &cobra.Command{
-		Use:   "restore [CLUSTER] NAME",
-		Short: "Bring the cluster back to a snapshot: every node replaced by its saved state, clocks stepped, Ready again",
+		Use:   verb + " [CLUSTER] NAME",
+		Short: short,
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := pf.check(); err != nil {
@@ -78,12 +66,13 @@ func newSnapshotRestoreCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Refuse a missing or foreign snapshot before taking the lock.
-			if _, err := env.ReadSnapshot(c, name); err != nil {
+			// Refuse a bad, taken or missing name before the lock is
+			// taken or anything written; the phases check again.
+			if err := env.SnapshotPrecheck(c, name, verb == "save"); err != nil {
 				return err
 			}
-			return runPhasesWith(cmd, env, &pf, "snapshot-restore", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
-				return env.SnapshotRestorePhases(ctx, c, name)
+			return runPhasesWith(cmd, env, &pf, "snapshot-"+verb, dryRun, func(ctx context.Context) ([]lab.Phase, error) {
+				return phases(ctx, env, c, name)
 			})
 		},
 	}

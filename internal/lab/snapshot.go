@@ -146,8 +146,8 @@ func (e *Env) SnapshotSavePhases(c plan.Cluster, name string) ([]Phase, error) {
 	return []Phase{
 		{Name: "check", Describe: func() string { return "check that every node of " + c.Name + " runs and the name is free" },
 			Run: func(ctx context.Context) error {
-				if _, err := os.Stat(final); err == nil {
-					return fmt.Errorf("snapshot %q of cluster %s exists already: delete it first (kubelab snapshot delete %s %s) or pick another name", name, c.Name, c.Name, name)
+				if err := e.SnapshotPrecheck(c, name, true); err != nil {
+					return err
 				}
 				for _, n := range c.Nodes {
 					m, err := e.Machine(c, n)
@@ -269,6 +269,23 @@ func (e *Env) stepClocks(ctx context.Context, nodes []plan.Node) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// SnapshotPrecheck refuses a snapshot name that is not valid, that exists
+// when a new snapshot is to be saved (forSave), or that does not exist
+// otherwise. It reads only.
+func (e *Env) SnapshotPrecheck(c plan.Cluster, name string, forSave bool) error {
+	if err := ValidSnapshotName(name); err != nil {
+		return err
+	}
+	if !forSave {
+		_, err := e.ReadSnapshot(c, name)
+		return err
+	}
+	if _, err := os.Stat(e.Layout.Snapshot(c.Name, name)); err == nil {
+		return fmt.Errorf("snapshot %q of cluster %s exists already: delete it first (kubelab snapshot delete %s %s) or pick another name", name, c.Name, c.Name, name)
+	}
+	return nil
 }
 
 // ReadSnapshot reads a snapshot's manifest; a missing snapshot is an
