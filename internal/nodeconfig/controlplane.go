@@ -143,13 +143,20 @@ After=network-online.target kube-apiserver.service
 Wants=network-online.target
 
 [Service]
+# The controller manager gives the API server 10 s to become healthy and
+# exits otherwise; under emulation the API server's post-start hooks take
+# minutes, and the restarted controller manager then waits out its dead
+# predecessor's leader lease (measured: about 100 s lost). So it starts once
+# /healthz answers to its own identity (images without kubectl skip the wait).
+ExecStartPre=/bin/sh -c '[ -x %s ] || exit 0; until %s --kubeconfig=%s get --raw=/healthz >/dev/null 2>&1; do sleep 5; done'
+TimeoutStartSec=infinity
 %s
 Restart=always
 RestartSec=5
 
 [Install]
 WantedBy=multi-user.target
-`, c.Name, execStart(bin("kube-controller-manager"), cmFlags)))
+`, c.Name, bin("kubectl"), bin("kubectl"), cmKubeconfig, execStart(bin("kube-controller-manager"), cmFlags)))
 
 	schedKubeconfig := kubeconfigPath("scheduler")
 	schedFlags := append(localComponentFlags(schedKubeconfig), leaderElectionFlags()...)
