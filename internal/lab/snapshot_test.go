@@ -327,3 +327,22 @@ func TestSplitByRole(t *testing.T) {
 		t.Errorf("rest = %s", got)
 	}
 }
+
+// TestStaggerOnlyForBoots: resuming or running workers do not wait for the
+// control plane; workers that boot a kernel do.
+func TestStaggerOnlyForBoots(t *testing.T) {
+	env, d := snapshotEnv(t)
+	_, rest := splitByRole(env.Plan.Clusters)
+	for _, tc := range []struct {
+		state driver.State
+		want  bool
+	}{
+		{driver.StateSuspended, false}, {driver.StateRunning, false},
+		{driver.StateStopped, true}, {driver.StateAbsent, true}, {driver.StatePaused, true},
+	} {
+		d.state = tc.state
+		if got := env.anyNeedsBoot(context.Background(), rest); got != tc.want {
+			t.Errorf("workers %s: anyNeedsBoot = %v, want %v", tc.state, got, tc.want)
+		}
+	}
+}

@@ -281,7 +281,7 @@ func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duratio
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	first, rest := splitByRole(cls)
-	if e.BootTogether || len(first) == 0 || len(rest) == 0 {
+	if e.BootTogether || len(first) == 0 || len(rest) == 0 || !e.anyNeedsBoot(ctx, rest) {
 		return e.eachNode(ctx, cls, e.bootNode)
 	}
 	// Staggered: the control plane and etcd nodes boot alone, so their
@@ -297,6 +297,24 @@ func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duratio
 		return err
 	}
 	return e.eachNode(ctx, rest, e.bootNode)
+}
+
+// anyNeedsBoot reports whether a node of cls would boot a kernel: one that
+// runs or resumes from a saved state costs the others nothing to wait for.
+func (e *Env) anyNeedsBoot(ctx context.Context, cls []plan.Cluster) bool {
+	for _, c := range cls {
+		for _, n := range c.Nodes {
+			m, err := e.Machine(c, n)
+			if err != nil {
+				return true
+			}
+			st, err := e.Driver.State(ctx, m)
+			if err != nil || (st != driver.StateRunning && st != driver.StateSuspended) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // splitByRole splits clusters' nodes into those running etcd or the
