@@ -105,6 +105,9 @@ func preload(ctx context.Context, s preloadSpec) (err error) {
 			return fmt.Errorf("preload container images: %w (the components lack it)", err)
 		}
 	}
+	if err := requireOverlayfs(ctx); err != nil {
+		return err
+	}
 	for _, d := range []string{s.root, filepath.Join(s.work, "state"), filepath.Join(s.work, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("preload container images: %w", err)
@@ -222,6 +225,24 @@ func preload(ctx context.Context, s preloadSpec) (err error) {
 			criSnapshotter, criNamespace, strings.Join(missing, ", "), list)
 	}
 	return nil
+}
+
+// requireOverlayfs makes sure the build host's kernel has overlayfs, which
+// the snapshotter the images are unpacked with needs (as on the node).
+func requireOverlayfs(ctx context.Context) error {
+	has := func() bool {
+		data, err := os.ReadFile("/proc/filesystems")
+		return err == nil && bytes.Contains(data, []byte("\toverlay\n"))
+	}
+	if has() {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "modprobe", "overlay").CombinedOutput()
+	if has() {
+		return nil
+	}
+	return fmt.Errorf("preload container images: the build host's kernel has no overlayfs, which unpacking for the node's "+
+		"snapshotter needs (modprobe overlay: %v %s)", err, bytes.TrimSpace(out))
 }
 
 // preloadConfig is containerd's configuration for the import: the image's
