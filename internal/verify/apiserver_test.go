@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/pki"
@@ -142,19 +143,31 @@ func TestControlPlaneFromRenderedUnits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionFalse,
-			Reason: "KubeletNotReady", Message: "container runtime network not ready", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-		if n, err = admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
+		// The controller manager's node controllers change a new Node too
+		// (taints): each status write reads the latest version, retrying on
+		// a conflict.
+		setReady := func(status corev1.ConditionStatus, reason, message string) {
+			t.Helper()
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				cur, err := admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				cur.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status,
+					Reason: reason, Message: message, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+				_, err = admin.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
+		setReady(corev1.ConditionFalse, "KubeletNotReady", "container runtime network not ready")
 		err = short()
 		if err == nil || !strings.Contains(err.Error(), "container runtime network not ready") {
 			t.Fatalf("want the Ready condition's message in the error, got %v", err)
 		}
-		n.Status.Conditions[0].Status, n.Status.Conditions[0].Reason, n.Status.Conditions[0].Message = corev1.ConditionTrue, "KubeletReady", "ok"
-		if _, err := admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		setReady(corev1.ConditionTrue, "KubeletReady", "ok")
 		if err := short(); err != nil {
 			t.Fatalf("node is Ready now: %v", err)
 		}
