@@ -17,7 +17,7 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-func requireTool(t *testing.T, name string) {
+func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		if os.Getenv("CI") == "true" {

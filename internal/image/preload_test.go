@@ -453,3 +453,56 @@ func TestUnmountBelow(t *testing.T) {
 		t.Errorf("still mounted: %v", m)
 	}
 }
+
+// TestBuildFailureLeavesNothing builds the node image from components
+// whose images include a broken tarball: the build fails in the preload
+// step and leaves no cache entry, no build directory, no containerd and no
+// mount behind (the base system comes from the cache when it is there).
+func TestBuildFailureLeavesNothing(t *testing.T) {
+	comps := testComponents(t)
+	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "qemu-img"} {
+		requireTool(t, tool)
+	}
+	cache, err := DefaultCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The real components, linked, plus one tarball that is not one.
+	dir := t.TempDir()
+	for rel := range comps.Files {
+		dst := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(comps.Dir, rel), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	manifest, err := os.ReadFile(filepath.Join(comps.Dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "manifest.json"), manifest, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "images", "zz-broken.tar"), []byte("not a tar"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	broken, err := LoadComponents(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(cache, "images")
+	before, _ := filepath.Glob(filepath.Join(images, "*"))
+	beforeHidden, _ := filepath.Glob(filepath.Join(images, ".build-*"))
+	_, err = Build(context.Background(), BuildOptions{Components: broken, CacheDir: cache, Progress: testWriter{t}})
+	if err == nil || !strings.Contains(err.Error(), "preload") || !strings.Contains(err.Error(), "zz-broken.tar") {
+		t.Fatalf("build with a broken image tarball: err = %v, want a preload error naming it", err)
+	}
+	after, _ := filepath.Glob(filepath.Join(images, "*"))
+	afterHidden, _ := filepath.Glob(filepath.Join(images, ".build-*"))
+	if len(after) != len(before) || len(afterHidden) != len(beforeHidden) {
+		t.Errorf("the failed build left cache entries: before %v %v, after %v %v", before, beforeHidden, after, afterHidden)
+	}
+	assertNoContainerdLeft(t, images)
+}
