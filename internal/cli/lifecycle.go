@@ -125,7 +125,7 @@ func runPhasesWith(cmd *cobra.Command, env *lab.Env, pf *progressFlags, name str
 }
 
 func newUpCmd(g *globalOptions) *cobra.Command {
-	var dryRun, noMerge, together bool
+	var dryRun, noMerge, together, noTemplate bool
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "up [CLUSTER...]",
@@ -144,18 +144,20 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 			}
 			env.MergeKubeconfig = !noMerge
 			env.BootTogether = together
+			env.NoTemplates = noTemplate
 			return runPhasesWith(cmd, env, &pf, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
 	cmd.Flags().BoolVar(&noMerge, "no-merge", false, "do not add contexts to the user's kubeconfig")
 	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
+	cmd.Flags().BoolVar(&noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
 	pf.add(cmd)
 	return cmd
 }
 
 func newStartCmd(g *globalOptions) *cobra.Command {
-	var dryRun, together bool
+	var dryRun, together, noTemplate bool
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "start [CLUSTER...]",
@@ -169,11 +171,13 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			env.BootTogether = together
+			env.NoTemplates = noTemplate
 			return runPhasesWith(cmd, env, &pf, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
 	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
+	cmd.Flags().BoolVar(&noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
 	pf.add(cmd)
 	return cmd
 }

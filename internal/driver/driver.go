@@ -67,13 +67,18 @@ type Machine struct {
 	Kernel, Initrd, Cmdline string
 	// MAC and Tap attach one NIC to an existing tap device (made by the
 	// host network); Netns is the network namespace the tap lives in, and
-	// the hypervisor process runs there. An empty Tap means no NIC.
+	// the hypervisor process runs there. A MAC without a Tap gives a NIC
+	// connected to nothing (a template's); no MAC means no NIC.
 	MAC, Tap, Netns string
 	// Bridge is the lab bridge, for drivers that make their own interface
 	// and plug it in (Xen's vif-bridge, libvirt's type='bridge'); the QEMU
 	// driver uses Tap and ignores it.
 	Bridge string
 	Config Config
+	// Template is the directory of a template (see Templater) made for
+	// machines of this shape: base image, kernel, command line, CPUs,
+	// memory and disk size. Empty: the machine boots.
+	Template string
 }
 
 // ID is the name the hypervisor knows the machine by.

@@ -36,3 +36,24 @@ type Snapshotter interface {
 type Suspender interface {
 	Suspend(ctx context.Context, m Machine) error
 }
+
+// Templater is a driver that starts machines from a template instead of
+// booting them: the base image booted once without configuration and saved
+// while it waits for one. A machine whose Template names such a template
+// gets its disk as a layer on the template's, and its first Start resumes
+// the saved guest with the machine's own NIC and configuration medium in
+// the template's devices; the guest then applies its configuration and
+// prints the readiness marker as a booted node would. Later starts boot
+// from the machine's disk as usual.
+type Templater interface {
+	// MakeTemplate boots t (a machine with a MAC but no Tap: its NIC is
+	// connected to nothing, and an overlay configuration medium the driver
+	// leaves empty) until marker appears on its console, saves it into
+	// t.Dir and ends it. A complete template in t.Dir is kept as it is.
+	MakeTemplate(ctx context.Context, t Machine, marker string) error
+	// HasTemplate reports whether t.Dir holds a complete template.
+	HasTemplate(t Machine) bool
+	// StateCompatibility is as for Snapshotter: a template made under one
+	// value cannot be used under another.
+	StateCompatibility(ctx context.Context) (string, error)
+}

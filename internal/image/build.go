@@ -50,8 +50,13 @@ type Manifest struct {
 	Provisioning []string `json:"provisioning"`
 	// KernelCmdline is for direct kernel boot; KernelCmdlineNoCloudInit is
 	// appended when the node is configured by the overlay disk.
-	KernelCmdline            string            `json:"kernel_cmdline,omitempty"`
-	KernelCmdlineNoCloudInit string            `json:"kernel_cmdline_no_cloud_init,omitempty"`
+	KernelCmdline            string `json:"kernel_cmdline,omitempty"`
+	KernelCmdlineNoCloudInit string `json:"kernel_cmdline_no_cloud_init,omitempty"`
+	// KernelCmdlineTemplate is appended (after KernelCmdlineNoCloudInit)
+	// for a template boot: the image waits for its configuration disk and
+	// applies it when a node resumes from the saved template. Empty: the
+	// image cannot be a template.
+	KernelCmdlineTemplate    string            `json:"kernel_cmdline_template,omitempty"`
 	Packages                 map[string]string `json:"packages,omitempty"`
 	Components               map[string]string `json:"components,omitempty"`
 	ComponentsManifestSHA256 string            `json:"components_manifest_sha256,omitempty"`
@@ -190,6 +195,7 @@ func (b *builder) run(ctx context.Context) (Manifest, error) {
 		Provisioning:             []string{ProvisionOverlay, ProvisionCloudInit},
 		KernelCmdline:            b.in.KernelCmdline,
 		KernelCmdlineNoCloudInit: KernelCmdlineNoCloudInit,
+		KernelCmdlineTemplate:    KernelCmdlineTemplate,
 		Components:               b.comps.Versions,
 		ComponentsManifestSHA256: b.comps.ManifestSHA256,
 		Images:                   b.comps.Images,
@@ -274,6 +280,8 @@ func (b *builder) configure() error {
 		{"kubelab-overlay-generator", "usr/lib/systemd/system-generators/kubelab-overlay", 0o755},
 		{"import-images", "usr/local/lib/kubelab/import-images", 0o755},
 		{"ready", "usr/local/lib/kubelab/ready", 0o755},
+		{"await-config", "usr/local/lib/kubelab/await-config", 0o755},
+		{"kubelab-template.service", "etc/systemd/system/kubelab-template.service", 0o644},
 		{"99-kubelab.cfg", "etc/cloud/cloud.cfg.d/99-kubelab.cfg", 0o644},
 		{"00-kubelab.preset", "etc/systemd/system-preset/00-kubelab.preset", 0o644},
 		{"wait-online.conf", "etc/systemd/system/systemd-networkd-wait-online.service.d/kubelab.conf", 0o644},
@@ -313,7 +321,8 @@ func (b *builder) configure() error {
 		"e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service",
 		"cloud-init-hotplugd.socket"}
 	enable := []string{"systemd-networkd.service", "kubelab-overlay.service",
-		"kubelab-ready.service", "kubelab-images.service", "kubelab-ssh-keygen.service"}
+		"kubelab-ready.service", "kubelab-images.service", "kubelab-ssh-keygen.service",
+		"kubelab-template.service"}
 	if err := b.systemctl(append([]string{"disable"}, disable...)...); err != nil {
 		return err
 	}

@@ -52,6 +52,9 @@ const KernelCmdline = "root=LABEL=" + RootLabel + " rw console=ttyS0 mitigations
 // overlay disk: cloud-init then does not run at all.
 const KernelCmdlineNoCloudInit = "cloud-init=disabled"
 
+// KernelCmdlineTemplate makes a boot a template boot (see await-config).
+const KernelCmdlineTemplate = "kubelab.template"
+
 // Inputs is everything a built node image depends on. Its Hash keys the
 // image cache: it changes when, and only when, one of these changes.
 type Inputs struct {

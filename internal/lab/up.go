@@ -55,6 +55,13 @@ type Env struct {
 	// BootTogether starts every node at once; by default the control
 	// plane and etcd nodes boot first and the workers after them.
 	BootTogether bool
+	// NoTemplates makes every new node boot instead of resuming a node
+	// template (see template.go).
+	NoTemplates bool
+
+	compatOnce sync.Once
+	compat     string
+	compatErr  error
 }
 
 // Timeouts bound each wait of `up`. Defaults are for software emulation
@@ -141,6 +148,9 @@ func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
 				m.Cmdline += " " + manifest.KernelCmdlineNoCloudInit
 			}
 		}
+		if t, ok := e.templateMachine(m, n, manifest); ok && e.Driver.(driver.Templater).HasTemplate(t) {
+			m.Template = t.Dir
+		}
 	}
 	switch n.Provisioning {
 	case spec.ProvisionOverlay:
@@ -166,6 +176,10 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 			return "make sure each node's image is in " + e.Layout.Images() + " (build kubelab's from cached components)"
 		},
 			Run: e.ensureImages},
+		{Name: "template", Describe: func() string {
+			return "boot the image once per node shape and save it waiting for its configuration, unless saved before (new nodes resume it instead of booting)"
+		},
+			Run: func(ctx context.Context) error { return e.makeTemplates(ctx, cls) }},
 		{Name: "network", Describe: func() string { return e.describeNetwork() },
 			Run: func(ctx context.Context) error {
 				_, err := hostnet.Apply(ctx, hostnet.FromPlan(e.Plan, e.Layout.HostNet()))

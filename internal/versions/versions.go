@@ -49,5 +49,6 @@ const (
 	NodeImagesDir   = "/var/lib/kubelab/images"   // image tarballs imported into containerd at boot
 	NodeConfigDisk  = "kubelab-config"            // virtio serial of the overlay config disk
 	ReadyMarker     = "KUBELAB-READY"             // printed on the serial console when a node finished booting
+	TemplateMarker  = "KUBELAB-TEMPLATE"          // printed when a template boot waits for its configuration
 	NodeOverlayMeta = "/etc/kubelab/overlay.json" // units to enable/mask, written by the overlay renderer
 )

@@ -40,6 +40,7 @@ func TestLifecycleOverlay(t *testing.T) {
 	}
 	h.requireTimings("up")
 	h.requireReady()
+	h.fromTemplate()
 
 	out := h.kubelab(shortTimeout, "ssh", "cp1", "systemctl", "is-active", "etcd", "kube-apiserver")
 	if strings.Count(out, "active") != 2 {
@@ -241,6 +242,30 @@ func (h *harness) suspendResume() {
 		if now := h.boots(n); now != c {
 			h.t.Fatalf("%s booted again on start after suspend (%d boots in its console, %d before)", n, now, c)
 		}
+	}
+}
+
+// fromTemplate checks that every node resumed the image's node template
+// instead of booting: no kernel booted in its console, the template's
+// waiting guest applied its configuration after reseeding its random
+// number generator from the host's. The template itself
+// is in the lab beside the image, complete.
+func (h *harness) fromTemplate() {
+	h.t.Helper()
+	for _, n := range []string{"cp1", "w1"} {
+		console, _ := os.ReadFile(filepath.Join(h.dir, "clusters", "k1", "nodes", n, "console.log"))
+		if b := h.boots(n); b != 0 {
+			h.t.Fatalf("%s booted a kernel (%d times) instead of resuming the node template", n, b)
+		}
+		for _, want := range []string{"kubelab-template: configuration found, random number generator reseeded from the host"} {
+			if !strings.Contains(string(console), want) {
+				h.t.Fatalf("%s's console lacks %q: not made from the node template", n, want)
+			}
+		}
+	}
+	infos, _ := filepath.Glob(filepath.Join(h.dir, "images", "*", "templates", "*", "template.json"))
+	if len(infos) != 2 {
+		h.t.Fatalf("node templates in the lab: %v, want two (cp1 has one vCPU, w1 two)", infos)
 	}
 }
 

@@ -53,6 +53,17 @@ func TestArgsGolden(t *testing.T) {
 		{"no-net-no-config", AccelTCG, func(m *driver.Machine) {
 			m.Tap, m.MAC, m.Netns = "", "", ""
 		}},
+		// A template: its NIC on a hub with no other port.
+		{"template-boot", AccelTCG, func(m *driver.Machine) {
+			m.Tap, m.Netns = "", ""
+			m.Config = driver.Config{Kind: driver.ConfigOverlay, Path: m.Dir + "/config.img"}
+		}},
+		// A node made from a template: the same devices, its tap, and its
+		// overlay padded to the template's size in its own directory.
+		{"from-template", AccelTCG, func(m *driver.Machine) {
+			m.Config = driver.Config{Kind: driver.ConfigOverlay, Path: m.Dir + "/overlay.tar"}
+			m.Template = "/var/lib/kubelab/lab/images/kubelab/templates/0123456789abcdef"
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,8 +1,10 @@
 package qemu
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -303,4 +305,225 @@ func ensureNodeImage(t testing.TB) string {
 		missing(t, fmt.Sprintf("no node image and no components to build one: %v; %v", err, err2))
 	}
 	return dir
+}
+
+// TestNodeTemplate makes a template from kubelab's node image and starts
+// two nodes from it, one after the other, each with a worker's overlay:
+// each resumes the saved guest instead of booting, applies its own
+// configuration (hostname, MAC, network, containerd with the pre-loaded
+// images), answers on its tap, and has its own machine id and random
+// numbers and the host's time. The template's files stay untouched, and a
+// node made from it boots normally from its own disk after a stop.
+func TestNodeTemplate(t *testing.T) {
+	requireVMs(t)
+	img := ensureNodeImage(t)
+	manifest, err := image.ReadManifest(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if manifest.KernelCmdlineTemplate == "" {
+		t.Fatalf("image %s does not support templates (no kernel_cmdline_template in its manifest)", img)
+	}
+	d := New(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	work := t.TempDir()
+	cmdline := manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
+	tm := driver.Machine{
+		Lab: "kltest", Name: "template-" + randHex(2), Dir: filepath.Join(work, "template"),
+		CPUs: 1, MemoryMiB: 1024, DiskGiB: 10,
+		BaseImage: filepath.Join(img, "disk.qcow2"),
+		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
+		Cmdline: cmdline + " " + manifest.KernelCmdlineTemplate,
+		MAC:     "02:00:00:00:00:01",
+		Config:  driver.Config{Kind: driver.ConfigOverlay},
+	}
+	t.Cleanup(func() {
+		if pid, alive := d.process(tm); alive {
+			_ = d.kill(context.Background(), tm, pid)
+		}
+	})
+	t0 := time.Now()
+	if err := d.MakeTemplate(ctx, tm, versions.TemplateMarker); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template made in %.1fs", time.Since(t0).Seconds())
+	if !d.HasTemplate(tm) {
+		t.Fatal("HasTemplate is false after MakeTemplate")
+	}
+	for _, f := range []string{StateFile, DiskFile, TemplateConfigFile} {
+		if st, err := os.Stat(filepath.Join(tm.Dir, f)); err != nil {
+			t.Fatal(err)
+		} else if st.Mode().Perm() != 0o600 {
+			t.Errorf("template %s is mode %v, want 0600 (guest memory)", f, st.Mode().Perm())
+		}
+	}
+	templateDisk, _ := os.Stat(filepath.Join(tm.Dir, DiskFile))
+	// Made already: kept as it is.
+	t0 = time.Now()
+	if err := d.MakeTemplate(ctx, tm, versions.TemplateMarker); err != nil || time.Since(t0) > 5*time.Second {
+		t.Fatalf("MakeTemplate of a complete template: %v after %v", err, time.Since(t0))
+	}
+
+	config, verifyImages := workerOverlay(t, manifest)
+	type seen struct{ machineID, random string }
+	var nodes []seen
+	for i := 0; i < 2; i++ {
+		tn := newTestNet(t)
+		host := fmt.Sprintf("kltest-tmpl%d", i)
+		nodeWork := filepath.Join(work, host)
+		if err := os.MkdirAll(nodeWork, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cfg, _ := config(tn, nodeWork, host)
+		// What the node prints once configured: its clock, machine id and
+		// a first random draw; and the network matched by MAC, as
+		// kubelab's nodes have it.
+		mac := fmt.Sprintf("52:54:00:4e:32:%02x", i+1)
+		extra := []tarFile{
+			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
+				"[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", mac, tn.guestAddr, tn.hostAddr)},
+			{"usr/local/lib/kltest-identity", 0o755, "#!/bin/sh\n" +
+				"echo \"KLTEST-IDENTITY $(date -u +%s) $(cat /etc/machine-id) $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n') $(cat /sys/class/net/eth0/address)\" >/dev/ttyS0\n"},
+			{"etc/systemd/system/kltest-identity.service", 0o644, "[Unit]\nBefore=kubelab-ready.service\n\n" +
+				"[Service]\nType=oneshot\nExecStart=/usr/local/lib/kltest-identity\n\n[Install]\nWantedBy=multi-user.target\n"},
+		}
+		if err := mergeOverlay(cfg.Path, extra, "kltest-identity.service"); err != nil {
+			t.Fatal(err)
+		}
+		m := driver.Machine{
+			Lab: "kltest", Name: host, Dir: filepath.Join(nodeWork, "node"),
+			CPUs: tm.CPUs, MemoryMiB: tm.MemoryMiB, DiskGiB: tm.DiskGiB,
+			BaseImage: tm.BaseImage, Kernel: tm.Kernel, Initrd: tm.Initrd, Cmdline: cmdline,
+			MAC: mac, Tap: tn.tap, Netns: tn.ns, Config: cfg, Template: tm.Dir,
+		}
+		cleanupMachine(t, d, m)
+		t0 = time.Now()
+		if err := d.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: create from the template: %v", host, time.Since(t0).Round(time.Millisecond))
+		t0 = time.Now()
+		if err := d.Start(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		marker := versions.ReadyMarker + " " + host
+		if err := driver.WaitConsole(ctx, d.ConsolePath(m), 0, marker, func() bool { return d.PID(m) != 0 }); err != nil {
+			data, _ := os.ReadFile(d.ConsolePath(m))
+			t.Fatalf("%s: %v\nconsole:\n%s", host, err, data)
+		}
+		ready := time.Now()
+		t.Logf("%s: start from the template to %q: %.1fs", host, marker, ready.Sub(t0).Seconds())
+		data, _ := os.ReadFile(d.ConsolePath(m))
+		console := string(data)
+		if strings.Contains(console, "Linux version") {
+			t.Errorf("%s booted a kernel instead of resuming the template", host)
+		}
+		verifyImages(t, console)
+		// The guest reseeded its random number generator from the host's.
+		if !strings.Contains(console, "random number generator reseeded from the host") {
+			t.Errorf("%s: the guest did not report reseeding its random number generator", host)
+		}
+		var id seen
+		var clock int64
+		var nicMAC string
+		for _, line := range strings.Split(console, "\n") {
+			if f := strings.Fields(strings.TrimSpace(line)); len(f) == 5 && f[0] == "KLTEST-IDENTITY" {
+				fmt.Sscan(f[1], &clock)
+				id = seen{machineID: f[2], random: f[3]}
+				nicMAC = f[4]
+			}
+		}
+		if id.machineID == "" {
+			t.Fatalf("%s: no KLTEST-IDENTITY line on the console:\n%s", host, console)
+		}
+		if skew := ready.Unix() - clock; skew < -5 || skew > 120 {
+			t.Errorf("%s: guest clock %d is %d s behind the host at ready (the template's time was not replaced)", host, clock, skew)
+		}
+		if nicMAC != mac {
+			t.Errorf("%s: eth0 has MAC %s, want %s", host, nicMAC, mac)
+		}
+		for _, other := range nodes {
+			if other.machineID == id.machineID {
+				t.Errorf("%s: machine id %s is another node's from the same template", host, id.machineID)
+			}
+			if other.random == id.random {
+				t.Errorf("%s: first random draw %s equals another node's: the RNG was not reseeded", host, id.random)
+			}
+		}
+		nodes = append(nodes, id)
+		if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+			t.Errorf("%s: ssh banner of %s: %q, %v", host, tn.guestAddr, banner, err)
+		}
+		if _, err := os.Stat(filepath.Join(m.Dir, TemplatePendingFile)); !os.IsNotExist(err) {
+			t.Errorf("%s: %s still there after the start: %v", host, TemplatePendingFile, err)
+		}
+
+		if i == 1 {
+			// A node made from the template is a normal node from now on:
+			// it stops and boots from its own disk.
+			if err := d.Stop(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			from := driver.ConsoleSize(d.ConsolePath(m))
+			t0 = time.Now()
+			if err := d.Start(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			if err := driver.WaitConsole(ctx, d.ConsolePath(m), from, marker, func() bool { return d.PID(m) != 0 }); err != nil {
+				data, _ := os.ReadFile(d.ConsolePath(m))
+				t.Fatalf("%s: boot after stop: %v\n%s", host, err, tailLines(string(data), 60))
+			}
+			t.Logf("%s: boot from its own disk after a stop: %.1fs", host, time.Since(t0).Seconds())
+			if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+				t.Errorf("%s after reboot: ssh banner of %s: %q, %v", host, tn.guestAddr, banner, err)
+			}
+		}
+		if err := d.Delete(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, err := os.Stat(filepath.Join(tm.Dir, DiskFile)); err != nil || !after.ModTime().Equal(templateDisk.ModTime()) || after.Size() != templateDisk.Size() {
+		t.Errorf("the template's disk changed while nodes ran from it: %v", err)
+	}
+}
+
+// mergeOverlay adds files to an overlay tar written by writeOverlay and
+// adds units to its overlay.json's enable list.
+func mergeOverlay(path string, extra []tarFile, enable ...string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var files []tarFile
+	tr := tar.NewReader(f)
+	replaced := map[string]bool{}
+	for _, e := range extra {
+		replaced[e.name] = true
+	}
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			return err
+		}
+		if replaced[hdr.Name] {
+			continue
+		}
+		s := string(body)
+		if hdr.Name == "etc/kubelab/overlay.json" {
+			for _, u := range enable {
+				s = strings.Replace(s, `"enable":[`, `"enable":["`+u+`",`, 1)
+			}
+		}
+		files = append(files, tarFile{hdr.Name, hdr.Mode, s})
+	}
+	return writeOverlay(path, append(files, extra...))
 }

@@ -39,7 +39,8 @@ const (
 	StartLogFile = "qemu-start.log"
 )
 
-var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile, SuspendFile, SuspendFile + ".tmp", StartLogFile}
+var driverFiles = []string{DiskFile, ConsoleFile, PIDFile, QMPFile, ScriptFile, CIDataFile, SuspendFile, SuspendFile + ".tmp", StartLogFile,
+	TemplateConfigFile, TemplateConfigFile + ".tmp", TemplatePendingFile}
 
 // Accelerators.
 const (
@@ -135,7 +136,11 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 	}
 	disk := filepath.Join(m.Dir, DiskFile)
 	if _, err := os.Stat(disk); errors.Is(err, fs.ErrNotExist) {
-		if err := d.createDisk(ctx, m); err != nil {
+		if m.Template != "" {
+			if err := d.createDiskFromTemplate(ctx, m); err != nil {
+				return err
+			}
+		} else if err := d.createDisk(ctx, m); err != nil {
 			return err
 		}
 	} else if err != nil {
@@ -239,6 +244,9 @@ func (d *Driver) prepareConfig(m driver.Machine) error {
 		if st.IsDir() || st.Size()%512 != 0 || st.Size() == 0 {
 			return fmt.Errorf("machine %s: overlay config %s must be a tar file whose size is a non-zero multiple of 512 bytes (it is attached as a raw disk)", m.ID(), c.Path)
 		}
+		if m.Template != "" {
+			return padTemplateConfig(m)
+		}
 	case driver.ConfigIgnition:
 		st, err := os.Stat(c.Path)
 		if err != nil {
@@ -289,6 +297,9 @@ func isoFresh(iso, srcDir string) (bool, error) {
 
 // configMedium is the file attached for the machine's configuration.
 func configMedium(m driver.Machine) string {
+	if m.Template != "" && m.Config.Kind == driver.ConfigOverlay {
+		return filepath.Join(m.Dir, TemplateConfigFile)
+	}
 	if m.Config.Kind == driver.ConfigCloudInit {
 		if st, err := os.Stat(m.Config.Path); err == nil && !st.IsDir() {
 			return m.Config.Path
@@ -314,6 +325,11 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 	case driver.StateRunning:
 		return nil
 	case driver.StatePaused:
+		// Loaded from its template by a start that was interrupted: from
+		// here on it runs from its own disk.
+		if err := clearPending(m); err != nil {
+			return err
+		}
 		if _, err := qmpRun(ctx, QMPPath(m), "cont"); err != nil {
 			return fmt.Errorf("machine %s: resume: %w", m.ID(), err)
 		}
@@ -322,6 +338,9 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 		return d.resumeSuspended(ctx, m)
 	case driver.StateAbsent:
 		return fmt.Errorf("machine %s: not created (no %s in %s); create it first", m.ID(), DiskFile, m.Dir)
+	}
+	if fromTemplate(m) {
+		return d.startFromTemplate(ctx, m)
 	}
 	return d.launch(ctx, m)
 }
@@ -582,7 +601,7 @@ func Args(m driver.Machine, accel string) []string {
 	switch m.Config.Kind {
 	case driver.ConfigOverlay:
 		a = append(a,
-			"-drive", "file="+optEscape(m.Config.Path)+",if=none,id=config0,format=raw,readonly=on",
+			"-drive", "file="+optEscape(configMedium(m))+",if=none,id=config0,format=raw,readonly=on",
 			"-device", "virtio-blk-pci,drive=config0,serial="+versions.NodeConfigDisk)
 	case driver.ConfigCloudInit:
 		a = append(a,
@@ -594,14 +613,31 @@ func Args(m driver.Machine, accel string) []string {
 			"-fw_cfg", "name=opt/org.flatcar-linux/config,file="+optEscape(m.Config.Path),
 			"-fw_cfg", "name=opt/com.coreos/config,file="+optEscape(m.Config.Path))
 	}
-	if m.Tap != "" {
+	switch {
+	case m.Tap != "":
 		a = append(a,
 			"-netdev", "tap,id=net0,ifname="+m.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev=net0,mac="+m.MAC)
+	case m.MAC != "":
+		// A NIC on a hub with no other port: the device is there (a
+		// template's nodes get their tap behind it), no packet goes out.
+		a = append(a,
+			"-netdev", "hubport,id=net0,hubid=0",
 			"-device", "virtio-net-pci,netdev=net0,mac="+m.MAC)
 	}
 	a = append(a,
 		// Entropy for the guest: an API server starves without it.
 		"-device", "virtio-rng-pci",
+		// A new generation ID at every QEMU start: a guest kernel with
+		// the vmgenid driver resumed from a saved state (a template, a
+		// snapshot restored twice) reseeds its random number generator
+		// instead of repeating another's. (kubelab's image reseeds from
+		// virtio-rng itself: Debian's cloud kernel lacks the driver.)
+		"-device", "vmgenid",
+		// The guest hands the pages it frees back to the host (free page
+		// reporting), so a node's RSS follows what it uses, not the most
+		// it ever used.
+		"-device", "virtio-balloon-pci,free-page-reporting=on",
 		// Appended, so a restart keeps the earlier boots' output.
 		"-chardev", "file,id=serial0,path="+optEscape(filepath.Join(m.Dir, ConsoleFile))+",append=on",
 		"-serial", "chardev:serial0",

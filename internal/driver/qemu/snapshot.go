@@ -163,6 +163,7 @@ func (d *Driver) RestoreState(ctx context.Context, m driver.Machine, dir string)
 	// The saved memory belongs to the saved disk: a suspend state of the
 	// disk being replaced must never be resumed onto it.
 	_ = os.Remove(filepath.Join(m.Dir, SuspendFile))
+	_ = os.Remove(filepath.Join(m.Dir, TemplatePendingFile))
 	if err := copyFile(filepath.Join(dir, DiskFile), filepath.Join(m.Dir, DiskFile)); err != nil {
 		return fmt.Errorf("machine %s: restore disk: %w", m.ID(), err)
 	}
@@ -174,9 +175,15 @@ func (d *Driver) RestoreState(ctx context.Context, m driver.Machine, dir string)
 
 // startFromState starts QEMU loading a saved state and waits until it is
 // loaded; the guest is then paused (it was paused when saved).
-func (d *Driver) startFromState(ctx context.Context, m driver.Machine, state string) error {
+// launched, if given, runs once QEMU runs (before the state is loaded).
+func (d *Driver) startFromState(ctx context.Context, m driver.Machine, state string, launched ...func() error) error {
 	if err := d.launch(ctx, m, "-incoming", "exec:cat "+shellQuote(state)); err != nil {
 		return err
+	}
+	for _, f := range launched {
+		if err := f(); err != nil {
+			return err
+		}
 	}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -218,7 +225,8 @@ func (d *Driver) StateCompatibility(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("qemu: %s --version: %w", d.opts.QEMU, err)
 	}
 	version, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	s := version + "; accel " + accel + "; machine pc"
+	// "layout 2": the device set since vmgenid joined it.
+	s := version + "; accel " + accel + "; machine pc, layout 2"
 	if accel == AccelKVM {
 		s += "; cpu " + hostCPUModel()
 	}

@@ -19,6 +19,8 @@ exec ip netns exec kubelab-lab qemu-system-x86_64 \
   -netdev tap,id=net0,ifname=kl-lab-12,script=no,downscript=no \
   -device virtio-net-pci,netdev=net0,mac=00:16:3e:4e:31:12 \
   -device virtio-rng-pci \
+  -device vmgenid \
+  -device virtio-balloon-pci,free-page-reporting=on \
   -chardev file,id=serial0,path=/var/lib/kubelab/lab/clusters/c1/nodes/worker-1/console.log,append=on \
   -serial chardev:serial0 \
   -pidfile /var/lib/kubelab/lab/clusters/c1/nodes/worker-1/qemu.pid \

@@ -15,6 +15,8 @@ exec qemu-system-x86_64 \
   -drive file=/var/lib/kubelab/lab/clusters/c1/nodes/worker-1/disk.qcow2,if=none,id=disk0,format=qcow2,discard=unmap \
   -device virtio-blk-pci,drive=disk0 \
   -device virtio-rng-pci \
+  -device vmgenid \
+  -device virtio-balloon-pci,free-page-reporting=on \
   -chardev file,id=serial0,path=/var/lib/kubelab/lab/clusters/c1/nodes/worker-1/console.log,append=on \
   -serial chardev:serial0 \
   -pidfile /var/lib/kubelab/lab/clusters/c1/nodes/worker-1/qemu.pid \
