@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kubelab/kubelab/internal/driver/qemu"
+	"github.com/kubelab/kubelab/internal/hypervisor"
 	"github.com/kubelab/kubelab/internal/lab"
 	"github.com/kubelab/kubelab/internal/pki"
 	"github.com/kubelab/kubelab/internal/progress"
@@ -23,7 +23,9 @@ import (
 )
 
 // loadEnv validates and plans the spec and sets up the lifecycle
-// environment with the QEMU driver. Nothing is touched before it succeeds.
+// environment with the lab's hypervisor driver. Nothing is touched before
+// it succeeds. Commands that start machines also check the host can run
+// them (bootable).
 func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env, error) {
 	l, p, err := loadPlan(g, cmd.ErrOrStderr())
 	if err != nil {
@@ -38,12 +40,16 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 	if err != nil {
 		return nil, err
 	}
+	d, err := hypervisor.New(l.Hypervisor)
+	if err != nil {
+		return nil, err
+	}
 	return &lab.Env{
 		Layout:   lab.Layout{Dir: dir},
 		Lab:      l,
 		Plan:     p,
 		Versions: versions.Default(),
-		Driver:   qemu.New(qemu.Options{}),
+		Driver:   d,
 		Out:      cmd.OutOrStdout(),
 		Clusters: clusters,
 	}, nil
@@ -145,6 +151,9 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 			env.MergeKubeconfig = !noMerge
 			env.BootTogether = together
 			env.NoTemplates = noTemplate
+			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+				return err
+			}
 			return runPhasesWith(cmd, env, &pf, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
@@ -172,6 +181,9 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 			}
 			env.BootTogether = together
 			env.NoTemplates = noTemplate
+			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+				return err
+			}
 			return runPhasesWith(cmd, env, &pf, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
 		},
 	}
@@ -241,6 +253,9 @@ func newRefreshCmd(g *globalOptions) *cobra.Command {
 			}
 			env, err := loadEnv(g, cmd, nil)
 			if err != nil {
+				return err
+			}
+			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
 				return err
 			}
 			return runPhasesWith(cmd, env, &pf, "refresh", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.RefreshPhases(ctx, args[0]) })

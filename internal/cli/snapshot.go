@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kubelab/kubelab/internal/hypervisor"
 	"github.com/kubelab/kubelab/internal/lab"
 	"github.com/kubelab/kubelab/internal/plan"
 )
@@ -70,6 +71,11 @@ func snapshotPhasesCmd(g *globalOptions, verb, short string,
 			// taken or anything written; the phases check again.
 			if err := env.SnapshotPrecheck(c, name, verb == "save"); err != nil {
 				return err
+			}
+			if verb == "restore" {
+				if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+					return err
+				}
 			}
 			return runPhasesWith(cmd, env, &pf, "snapshot-"+verb, dryRun, func(ctx context.Context) ([]lab.Phase, error) {
 				return phases(ctx, env, c, name)

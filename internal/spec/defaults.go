@@ -16,6 +16,7 @@ const (
 	DefaultPodCIDR6     = "fd6b:6c61:6201::/56"
 	DefaultServiceCIDR6 = "fd6b:6c61:6202::/112"
 	DefaultImage        = "kubelab"
+	DefaultHypervisor   = HypervisorQEMU
 	DefaultCPUs         = 1
 	DefaultMemory       = "2GiB"
 	DefaultDisk         = "20GiB"
@@ -32,6 +33,7 @@ func ApplyDefaults(lab *Lab) {
 	setDefault(&lab.APIVersion, APIVersion)
 	setDefault(&lab.Kind, Kind)
 	setDefault(&lab.Name, DefaultLabName)
+	setDefault(&lab.Hypervisor, DefaultHypervisor)
 	n := &lab.Network
 	setDefault(&n.CIDR, DefaultLabCIDR)
 	if n.Bridge == "" {

@@ -69,6 +69,7 @@ func Template(topology string) ([]byte, error) {
 apiVersion: %s
 kind: %s
 name: %s
+hypervisor: %s             # qemu (KVM where it works, else software emulation) | libvirt | xen
 
 # The lab network on the host: a bridge, NAT, and host port forwards
 #   ssh 80NN -> .NN:22, API 810k -> first control plane of cluster k,
@@ -103,7 +104,7 @@ clusters:
     # nodePortRange: 31000-31999
     # butane: [extra.bu]   # Butane snippets merged into Ignition configs
     nodes:
-`, topology, t.about, APIVersion, Kind, DefaultLabName, DefaultLabCIDR, DefaultLabName,
+`, topology, t.about, APIVersion, Kind, DefaultLabName, DefaultHypervisor, DefaultLabCIDR, DefaultLabName,
 		DefaultImage, DefaultCPUs, DefaultMemory, DefaultDisk, DefaultProvisioning,
 		defaultKubernetesVersion(), DefaultPodCIDR, DefaultServiceCIDR, PodNetworkRoutes)
 	for i, n := range t.nodes {

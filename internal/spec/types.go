@@ -14,6 +14,7 @@ type Lab struct {
 	APIVersion string       `yaml:"apiVersion"`
 	Kind       string       `yaml:"kind"`
 	Name       string       `yaml:"name"`
+	Hypervisor string       `yaml:"hypervisor"` // qemu (default) | libvirt | xen
 	Network    Network      `yaml:"network"`
 	Defaults   NodeDefaults `yaml:"defaults"`
 	SSHKeys    []string     `yaml:"sshKeys"`
@@ -81,6 +82,13 @@ const (
 const (
 	PodNetworkRoutes  = "routes"
 	PodNetworkFlannel = "flannel"
+)
+
+// Hypervisors a lab can run on.
+const (
+	HypervisorQEMU    = "qemu"
+	HypervisorLibvirt = "libvirt"
+	HypervisorXen     = "xen"
 )
 
 // Provisioning formats.

@@ -42,6 +42,7 @@ func Validate(lab *Lab, baseDir string) (warnings []Warning, err error) {
 		errs.Add("kind", "is %q; must be %q", lab.Kind, Kind)
 	}
 	checkLabel(&errs, "name", lab.Name)
+	checkEnum(&errs, "hypervisor", lab.Hypervisor, HypervisorQEMU, HypervisorLibvirt, HypervisorXen)
 	labNet := validateNetwork(&errs, &lab.Network)
 	checkDefaults(&errs, lab.Defaults)
 	for i, k := range lab.SSHKeys {

@@ -1,0 +1,62 @@
+package hypervisor
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kubelab/kubelab/internal/spec"
+)
+
+func TestNewAndCheck(t *testing.T) {
+	// The tools are found through PATH: a directory with stand-ins for
+	// both, and one with only one of them.
+	both, one := t.TempDir(), t.TempDir()
+	for _, f := range []string{filepath.Join(both, "qemu-system-x86_64"), filepath.Join(both, "qemu-img"), filepath.Join(one, "qemu-img")} {
+		if err := os.WriteFile(f, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, hypervisor, path string
+		newErr, checkErr       string
+	}{
+		{"qemu installed", spec.HypervisorQEMU, both, "", ""},
+		{"qemu missing", spec.HypervisorQEMU, one, "", "hypervisor: qemu: qemu-system-x86_64 not found on this host (apt-get install qemu-system-x86"},
+		{"libvirt", spec.HypervisorLibvirt, both, "hypervisor: libvirt: this kubelab has no libvirt driver yet", "no libvirt driver"},
+		{"xen", spec.HypervisorXen, both, "hypervisor: xen: this kubelab has no Xen driver yet", "no Xen driver"},
+		{"unknown", "vmware", both, `hypervisor: "vmware" is not one of libvirt, qemu, xen`, "is not one of"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("PATH", tc.path)
+			d, err := New(tc.hypervisor)
+			if tc.newErr == "" {
+				if err != nil || d == nil || d.Name() != tc.hypervisor {
+					t.Fatalf("New(%q) = %v, %v", tc.hypervisor, d, err)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), tc.newErr) {
+				t.Fatalf("New(%q) error %v, want %q", tc.hypervisor, err, tc.newErr)
+			}
+			err = Check(tc.hypervisor)
+			if tc.checkErr == "" && err != nil {
+				t.Fatalf("Check(%q): %v", tc.hypervisor, err)
+			}
+			if tc.checkErr != "" && (err == nil || !strings.Contains(err.Error(), tc.checkErr)) {
+				t.Fatalf("Check(%q) error %v, want %q", tc.hypervisor, err, tc.checkErr)
+			}
+		})
+	}
+}
+
+// Every hypervisor lab.yaml accepts is in the registry, and no other.
+func TestRegistryMatchesSpec(t *testing.T) {
+	for _, h := range []string{spec.HypervisorQEMU, spec.HypervisorLibvirt, spec.HypervisorXen} {
+		if _, ok := registry[h]; !ok {
+			t.Errorf("lab.yaml accepts hypervisor %q but the registry has no entry", h)
+		}
+	}
+	if len(registry) != 3 {
+		t.Errorf("registry has %v", Names())
+	}
+}
