@@ -455,6 +455,12 @@ func TestNodeTemplate(t *testing.T) {
 		if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
 			t.Errorf("%s: ssh banner of %s: %q, %v", host, tn.guestAddr, banner, err)
 		}
+		if i == 0 {
+			time.Sleep(15 * time.Second) // let it settle before measuring
+			if rss, err := rssKiB(d.PID(m)); err == nil {
+				t.Logf("%s: QEMU RSS, idle node from the template (%d MiB guest): %d MiB", host, m.MemoryMiB, rss>>10)
+			}
+		}
 		if _, err := os.Stat(filepath.Join(m.Dir, TemplatePendingFile)); !os.IsNotExist(err) {
 			t.Errorf("%s: %s still there after the start: %v", host, TemplatePendingFile, err)
 		}
