@@ -28,7 +28,7 @@ import (
 // `up` pays no kernel and systemd boot per node. A template belongs to one
 // image and one node shape (CPUs, memory, disk, kernel command line) under
 // one hypervisor version and accelerator; it lives beside its image in the
-// lab (images/<image>/templates/<key>) and goes with it.
+// lab (images/<image>/templates/<key>), kept like the image.
 
 // templateFormat changes when what a template holds changes in a way its
 // key does not show.
@@ -99,25 +99,14 @@ func (e *Env) makeTemplates(ctx context.Context, cls []plan.Cluster) error {
 	users := map[string][]string{}
 	for _, c := range cls {
 		for _, n := range c.Nodes {
-			m, err := e.Machine(c, n)
-			if err != nil {
-				return err
-			}
-			if m.Template != "" {
-				continue // its template is made
-			}
-			manifest, err := image.ReadManifest(filepath.Join(e.Layout.Images(), n.Image))
-			if err != nil {
-				continue
-			}
-			t, ok := e.templateMachine(m, n, manifest)
-			if !ok {
-				continue
+			m, t := e.machine(c, n)
+			if t == nil || m.Template != "" {
+				continue // boots, or its template is made
 			}
 			if st, err := e.Driver.State(ctx, m); err != nil || st != driver.StateAbsent {
 				continue // created already: it boots from its own disk
 			}
-			wanted[t.Dir] = t
+			wanted[t.Dir] = *t
 			users[t.Dir] = append(users[t.Dir], n.Name)
 		}
 	}

@@ -126,8 +126,15 @@ func (e *Env) clusters() []plan.Cluster {
 // Machine is the driver's view of a node: its disk on the node's image,
 // direct kernel boot, its tap, and its configuration medium.
 func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
+	m, _ := e.machine(c, n)
+	return m, nil
+}
+
+// machine is Machine, plus the template the node would start from (nil
+// when it cannot start from one); m.Template is set once that is made.
+func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driver.Machine) {
 	imgDir := filepath.Join(e.Layout.Images(), n.Image)
-	m := driver.Machine{
+	m = driver.Machine{
 		Lab:       e.Lab.Name,
 		Name:      n.Name,
 		Dir:       e.Layout.Node(c.Name, n.Name),
@@ -148,8 +155,11 @@ func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
 				m.Cmdline += " " + manifest.KernelCmdlineNoCloudInit
 			}
 		}
-		if t, ok := e.templateMachine(m, n, manifest); ok && e.Driver.(driver.Templater).HasTemplate(t) {
-			m.Template = t.Dir
+		if t, ok := e.templateMachine(m, n, manifest); ok {
+			tmpl = &t
+			if e.Driver.(driver.Templater).HasTemplate(t) {
+				m.Template = t.Dir
+			}
 		}
 	}
 	switch n.Provisioning {
@@ -160,7 +170,7 @@ func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
 	case spec.ProvisionIgnition:
 		m.Config = driver.Config{Kind: driver.ConfigIgnition, Path: filepath.Join(m.Dir, ignition.FileName)}
 	}
-	return m, nil
+	return m, tmpl
 }
 
 // UpPhases are the ordered phases of `kubelab up`. Each converges: run on a
