@@ -224,7 +224,7 @@ func TestBootOverlayVariants(t *testing.T) {
 			for _, c := range []struct{ cmd, want string }{
 				{"hostname", "kltest-node"},
 				{"ls /etc/systemd/network/", "10-eth0.network"},
-				{"cloud-init status --long || true", tt.cloudInit},
+				{"timeout 120 cloud-init status --wait --long || true", tt.cloudInit}, // --wait: the marker may come before modules-final ends
 				{"ls /etc/ssh/ssh_host_*_key", "/etc/ssh/ssh_host_ed25519_key"},
 				{"systemctl is-active kubelab-overlay systemd-networkd ssh", "active\nactive\nactive"},
 			} {
