@@ -33,6 +33,12 @@ type Options struct {
 	// are used from the host; default https://127.0.0.1:<APIHostPort>.
 	AdminServer string
 	Now         func() time.Time // default time.Now; tests move the clock
+	// Renew names leaf certificates to re-issue now although they still
+	// serve (kubelab certs renew). CAs cannot be renewed this way.
+	Renew map[string]bool
+	// NewKeys makes renewed certificates get new private keys instead of
+	// keeping their existing ones.
+	NewKeys bool
 }
 
 func (o Options) withDefaults(c plan.Cluster) Options {
@@ -62,6 +68,7 @@ const (
 	Created  = "created"  // new key and certificate (or key pair, or kubeconfig)
 	Issued   = "issued"   // new certificate for a key that was already on disk
 	Reissued = "reissued" // certificate replaced, same key; Reason says why
+	Renewed  = "renewed"  // re-issued on request (Options.Renew), same or new key
 	Updated  = "updated"  // kubeconfig rewritten; Reason says why
 	Chmod    = "chmod"    // secret file permissions tightened to 0600
 )
@@ -122,6 +129,7 @@ type Cluster struct {
 	saPub       []byte
 	kcNames     []string
 	kubeconfigs map[string][]byte
+	encryption  []byte // EncryptionConfigFile
 }
 
 type credential struct {
@@ -161,6 +169,9 @@ func Ensure(labDir, lab string, c plan.Cluster, net plan.Network, opts Options) 
 		cl.creds[s.Name] = cr
 	}
 	if err := cl.ensureServiceAccount(opts, &rep); err != nil {
+		return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
+	}
+	if err := cl.ensureEncryption(&rep); err != nil {
 		return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
 	}
 	if err := cl.ensureKubeconfigs(c, opts, &rep); err != nil {
@@ -232,6 +243,9 @@ func ensureCert(dir string, s certSpec, issued map[string]*credential, opts Opti
 		rep.add(s.Name, Chmod, keyPath)
 	}
 	cr.keyPEM, cr.key = keyPEM, key
+	if opts.Renew[s.Name] {
+		return cr, cr.renew(keyPath, certPath, ca, opts, now, validity, rep)
+	}
 	if certPEM == nil {
 		if err := cr.sign(key, ca, now, validity); err != nil {
 			return nil, err
@@ -271,6 +285,40 @@ func ensureCert(dir string, s certSpec, issued map[string]*credential, opts Opti
 	}
 	rep.add(s.Name, Reissued, why)
 	return cr, nil
+}
+
+// renew re-issues a leaf on request, with a new key when opts.NewKeys.
+// Key and certificate are two atomic writes: a crash between them leaves a
+// certificate that does not match its key, which the next run reports with
+// the fix (delete the certificate).
+func (cr *credential) renew(keyPath, certPath string, ca *credential, opts Options, now time.Time, validity time.Duration, rep *Report) error {
+	s := cr.spec
+	if s.isCA() {
+		return fmt.Errorf("%s is a CA; renewing a CA is a CA rotation, not a renewal", s.Name)
+	}
+	key, reason := cr.key, "same key"
+	if opts.NewKeys {
+		var err error
+		if key, err = generateKey(opts.KeyAlgorithm); err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+		keyPEM, err := encodeKey(key)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+		if err := writeFile(keyPath, keyPEM, keyMode); err != nil {
+			return err
+		}
+		cr.keyPEM, reason = keyPEM, "new key"
+	}
+	if err := cr.sign(key, ca, now, validity); err != nil {
+		return err
+	}
+	if err := writeFile(certPath, cr.certPEM, publicMode); err != nil {
+		return err
+	}
+	rep.add(s.Name, Renewed, reason)
+	return nil
 }
 
 func (cr *credential) sign(key crypto.Signer, ca *credential, now time.Time, validity time.Duration) error {
@@ -377,7 +425,7 @@ func (cl *Cluster) Names() []string { return append([]string(nil), cl.names...) 
 // unusedFiles lists files in the PKI directory that Ensure did not ask for,
 // in lexical order.
 func (cl *Cluster) unusedFiles() ([]string, error) {
-	want := map[string]bool{ServiceAccount + ".key": true, ServiceAccount + ".pub": true}
+	want := map[string]bool{ServiceAccount + ".key": true, ServiceAccount + ".pub": true, EncryptionConfigFile: true}
 	for _, n := range cl.names {
 		want[n+".crt"], want[n+".key"] = true, true
 	}

@@ -301,7 +301,7 @@ func TestModes(t *testing.T) {
 		switch {
 		case st.mode.IsDir():
 			want = 0o700
-		case strings.HasSuffix(rel, ".key") || strings.HasSuffix(rel, ".kubeconfig"):
+		case strings.HasSuffix(rel, ".key") || strings.HasSuffix(rel, ".kubeconfig") || rel == EncryptionConfigFile:
 			want = 0o600
 		case strings.HasSuffix(rel, ".crt") || strings.HasSuffix(rel, ".pub"):
 			want = 0o644

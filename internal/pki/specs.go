@@ -130,3 +130,16 @@ func appendString(ss []string, s string) []string {
 	}
 	return append(ss, s)
 }
+
+// CertNames lists the certificates cluster c needs, split into leaves and
+// CAs, in requiredCerts order; nothing on disk is read.
+func CertNames(c plan.Cluster, n plan.Network) (leaves, cas []string) {
+	for _, s := range requiredCerts("", c, n) {
+		if s.isCA() {
+			cas = append(cas, s.Name)
+		} else {
+			leaves = append(leaves, s.Name)
+		}
+	}
+	return leaves, cas
+}

@@ -21,6 +21,8 @@ const (
 	DefaultMemory       = "2GiB"
 	DefaultDisk         = "20GiB"
 	DefaultProvisioning = ProvisionOverlay
+	DefaultCAValidity   = "3650d"
+	DefaultLeafValidity = "365d"
 	APIPortBase         = 8100  // cluster k's API server is forwarded from 8100+k
 	NodePortBase        = 30000 // cluster k's NodePorts are 30000+1000k .. +999
 	MaxClusters         = 9
@@ -34,6 +36,8 @@ func ApplyDefaults(lab *Lab) {
 	setDefault(&lab.Kind, Kind)
 	setDefault(&lab.Name, DefaultLabName)
 	setDefault(&lab.Hypervisor, DefaultHypervisor)
+	setDefault(&lab.Certificates.CAValidity, DefaultCAValidity)
+	setDefault(&lab.Certificates.LeafValidity, DefaultLeafValidity)
 	n := &lab.Network
 	setDefault(&n.CIDR, DefaultLabCIDR)
 	if n.Bridge == "" {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -132,6 +133,9 @@ func TestBadInput(t *testing.T) {
 		{"malformed lab cidr", "sshKeys:", "network: {cidr: 192.168.300.0/24}\nsshKeys:", "network.cidr", "not a CIDR"},
 		{"lab cidr host bits", "sshKeys:", "network: {cidr: 192.168.100.5/24}\nsshKeys:", "network.cidr", "did you mean 192.168.100.0/24"},
 		{"lab cidr too small", "sshKeys:", "network: {cidr: 192.168.100.0/26}\nsshKeys:", "network.cidr", "too small"},
+		{"leaf validity unparsable", "sshKeys:", "certificates: {leafValidity: 1year}\nsshKeys:", "certificates.leafValidity", "not a duration"},
+		{"ca validity too short", "sshKeys:", "certificates: {caValidity: 10m}\nsshKeys:", "certificates.caValidity", "between 1h and 36500d"},
+		{"leaf outlives ca", "sshKeys:", "certificates: {caValidity: 30d, leafValidity: 31d}\nsshKeys:", "certificates.leafValidity", "cannot outlive its CA"},
 		{"gateway outside", "sshKeys:", "network: {gateway: 10.0.0.1}\nsshKeys:", "network.gateway", "outside the lab network"},
 		{"malformed pod cidr", "    podNetwork: flannel\n", "    podNetwork: flannel\n    podCIDR: 172.16.0.0/33\n", "clusters[1].podCIDR", "not a CIDR"},
 		{"pod overlaps service", "    podNetwork: flannel\n", "    podNetwork: flannel\n    serviceCIDR: 172.16.128.0/17\n", "clusters[1].serviceCIDR", "overlaps clusters[1].podCIDR"},
@@ -213,6 +217,24 @@ func asErrors(err error) (Errors, bool) {
 		err = u.Unwrap()
 	}
 	return nil, false
+}
+
+func TestParseDuration(t *testing.T) {
+	cases := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"365d", 365 * 24 * time.Hour, true}, {"8760h", 8760 * time.Hour, true}, {"90m", 90 * time.Minute, true},
+		{"0d", 0, true}, {"-1d", 0, false}, {"1.5d", 0, false}, {"d", 0, false}, {"", 0, false},
+		{"99999999999999d", 0, false}, {"1y", 0, false},
+	}
+	for _, tc := range cases {
+		got, err := ParseDuration(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
 }
 
 func TestParseSize(t *testing.T) {

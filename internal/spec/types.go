@@ -18,7 +18,17 @@ type Lab struct {
 	Network    Network      `yaml:"network"`
 	Defaults   NodeDefaults `yaml:"defaults"`
 	SSHKeys    []string     `yaml:"sshKeys"`
-	Clusters   []Cluster    `yaml:"clusters"`
+	// Certificates sets the lifetimes of what kubelab's PKI issues.
+	Certificates Certificates `yaml:"certificates"`
+	Clusters     []Cluster    `yaml:"clusters"`
+}
+
+// Certificates are the lifetimes of new certificates, as durations with a
+// day unit allowed ("365d", "8760h"). They apply when a certificate is
+// issued or renewed; existing certificates keep their dates.
+type Certificates struct {
+	CAValidity   string `yaml:"caValidity"`   // default 3650d
+	LeafValidity string `yaml:"leafValidity"` // default 365d
 }
 
 // Network is the lab network all clusters share.

@@ -44,6 +44,7 @@ func Validate(lab *Lab, baseDir string) (warnings []Warning, err error) {
 	checkLabel(&errs, "name", lab.Name)
 	checkEnum(&errs, "hypervisor", lab.Hypervisor, HypervisorQEMU, HypervisorLibvirt, HypervisorXen)
 	labNet := validateNetwork(&errs, &lab.Network)
+	validateCertificates(&errs, lab.Certificates)
 	checkDefaults(&errs, lab.Defaults)
 	for i, k := range lab.SSHKeys {
 		checkSSHKey(&errs, Index("sshKeys", i), ResolvePath(baseDir, k))
