@@ -34,6 +34,10 @@ type RenderInput struct {
 	AllFormats bool
 	// Clusters limits rendering to these clusters; empty means all.
 	Clusters []string
+	// Renew names leaf certificates of the rendered clusters to re-issue
+	// (kubelab certs renew); NewKeys gives them new keys.
+	Renew   map[string]bool
+	NewKeys bool
 }
 
 // RenderResult says what rendering wrote.
@@ -111,8 +115,12 @@ func renderCluster(in RenderInput, c plan.Cluster, authorized []string, render b
 	var creds *pki.Cluster
 	var snippets []ignition.Snippet
 	if render {
-		var err error
-		creds, out.pki, err = pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network, pkiOptions(c))
+		opts, err := pkiOptions(in.Lab, c)
+		if err != nil {
+			return out, err
+		}
+		opts.Renew, opts.NewKeys = in.Renew, in.NewKeys
+		creds, out.pki, err = pki.Ensure(in.Layout.Dir, in.Lab.Name, c, in.Plan.Network, opts)
 		if err != nil {
 			return out, fmt.Errorf("pki: %w", err)
 		}

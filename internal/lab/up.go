@@ -437,7 +437,11 @@ func (e *Env) waitEtcd(ctx context.Context, cls []plan.Cluster, timeout time.Dur
 	defer cancel()
 	var g errgroup.Group
 	for _, c := range cls {
-		creds, _, err := pki.Ensure(e.Layout.Dir, e.Lab.Name, c, e.Plan.Network, pkiOptions(c))
+		opts, err := pkiOptions(e.Lab, c)
+		if err != nil {
+			return err
+		}
+		creds, _, err := pki.Ensure(e.Layout.Dir, e.Lab.Name, c, e.Plan.Network, opts)
 		if err != nil {
 			return err
 		}
@@ -473,9 +477,14 @@ func (e *Env) waitEtcd(ctx context.Context, cls []plan.Cluster, timeout time.Dur
 
 // pkiOptions: the host reaches the lab network directly (bridge, or veth
 // route to the lab namespace), so the admin kubeconfig points at the first
-// control plane itself rather than at a port forward.
-func pkiOptions(c plan.Cluster) pki.Options {
-	return pki.Options{AdminServer: "https://" + c.APIServer.String()}
+// control plane itself rather than at a port forward. Lifetimes come
+// from lab.yaml.
+func pkiOptions(l *spec.Lab, c plan.Cluster) (pki.Options, error) {
+	ca, leaf, err := l.Certificates.Validities()
+	if err != nil {
+		return pki.Options{}, err
+	}
+	return pki.Options{AdminServer: "https://" + c.APIServer.String(), CAValidity: ca, LeafValidity: leaf}, nil
 }
 
 // restConfig loads a kubeconfig from the cluster's PKI (admin or super-admin).

@@ -23,6 +23,9 @@ type Credentials interface {
 	CACert(name string) ([]byte, error)
 	// Kubeconfig returns a component's kubeconfig (it embeds a client key).
 	Kubeconfig(name string) ([]byte, error)
+	// EncryptionConfig returns the API server's encryption configuration
+	// (the keys Secrets are encrypted with in etcd).
+	EncryptionConfig() []byte
 }
 
 // LocalKubeconfigs is optionally implemented by Credentials (pki.Cluster
@@ -276,6 +279,10 @@ func (b *builder) common() error {
 		}
 	}
 
+	if err := b.text(SSHDConfig, 0o644, "Logins with the lab's keys only; read before the distribution's defaults, so these win.", sshdHardening); err != nil {
+		return err
+	}
+
 	var hosts strings.Builder
 	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	for _, o := range in.Cluster.Nodes {
@@ -286,6 +293,20 @@ func (b *builder) common() error {
 	}
 	return b.text(HostsFile, 0o644, "The nodes of cluster "+in.Cluster.Name+".", hosts.String())
 }
+
+// sshdHardening: only root logs in, only with a key from lab.yaml or the
+// lab key; nothing else an attacker on the lab network could try.
+const sshdHardening = `AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitEmptyPasswords no
+PermitRootLogin prohibit-password
+AllowUsers root
+X11Forwarding no
+AllowAgentForwarding no
+PermitTunnel no
+`
 
 func contains(list []string, s string) bool {
 	for _, x := range list {

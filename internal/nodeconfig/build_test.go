@@ -273,7 +273,8 @@ func TestSecretModes(t *testing.T) {
 					t.Errorf("%s: %d ssh host key files, want 2", name, len(n.SSHHostKeys))
 				}
 				for _, f := range files {
-					private := bytes.Contains(f.Contents, []byte("PRIVATE KEY")) || bytes.Contains(f.Contents, []byte("client-key-data"))
+					private := bytes.Contains(f.Contents, []byte("PRIVATE KEY")) || bytes.Contains(f.Contents, []byte("client-key-data")) ||
+						bytes.Contains(f.Contents, []byte("secretbox:"))
 					if private != f.Secret {
 						t.Errorf("%s %s: holds a private key %v, marked secret %v", name, f.Path, private, f.Secret)
 					}

@@ -63,6 +63,14 @@ func (b *builder) controlPlane() error {
 	if err := b.addFile(File{Path: saKeyPath, Mode: 0o600, Contents: saKey, Secret: true}); err != nil {
 		return err
 	}
+	enc := b.in.Creds.EncryptionConfig()
+	if len(enc) == 0 {
+		return fmt.Errorf("no encryption configuration for the API server")
+	}
+	enc = append([]byte(b.header("#", "From the cluster's PKI (kubelab certs rotate-encryption-key replaces it).")), enc...)
+	if err := b.addFile(File{Path: EncryptionConfigPath, Mode: 0o600, Contents: enc, Secret: true}); err != nil {
+		return err
+	}
 	if err := b.localKubeconfig(pki.ControllerManager, "controller-manager"); err != nil {
 		return err
 	}
@@ -104,6 +112,8 @@ func (b *builder) controlPlane() error {
 		"--requestheader-group-headers=X-Remote-Group",
 		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--enable-aggregator-routing=true",
+		// Secrets are encrypted in etcd with the cluster's key.
+		"--encryption-provider-config=" + EncryptionConfigPath,
 	}
 	b.unit("kube-apiserver.service", fmt.Sprintf(`[Unit]
 Description=Kubernetes API server of cluster %s

@@ -117,6 +117,10 @@ func (f *fakeCreds) CACert(name string) ([]byte, error) {
 	return p[0], err
 }
 
+func (f *fakeCreds) EncryptionConfig() []byte {
+	return []byte("# fake encryption configuration\nkind: EncryptionConfiguration\n")
+}
+
 func (f *fakeCreds) Kubeconfig(name string) ([]byte, error) {
 	return f.KubeconfigFor(name, "https://192.168.100.10:6443")
 }

@@ -31,6 +31,11 @@ const (
 	ModulesPath       = "/etc/modules-load.d/kubelab.conf"
 	HostnamePath      = "/etc/hostname"
 	SystemdUnitDir    = "/etc/systemd/system"
+	// SSHDConfig sorts before the distribution's and cloud-init's drop-ins
+	// (sshd keeps the first value it reads for a keyword).
+	SSHDConfig = "/etc/ssh/sshd_config.d/10-kubelab.conf"
+	// EncryptionConfigPath is the API server's encryption configuration.
+	EncryptionConfigPath = "/etc/kubernetes/pki/" + pki.EncryptionConfigFile
 )
 
 // Ports of the components.

@@ -103,6 +103,8 @@ authentication:
     clientCAFile: %s
 authorization:
   mode: Webhook
+# No unauthenticated read-only API (10255).
+readOnlyPort: 0
 cgroupDriver: systemd
 containerRuntimeEndpoint: unix://%s
 clusterDomain: %s
