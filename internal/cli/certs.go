@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kubelab/kubelab/internal/hypervisor"
+	"github.com/kubelab/kubelab/internal/lab"
 	"github.com/kubelab/kubelab/internal/pki"
 )
 
@@ -81,7 +84,136 @@ func newCertsCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.AddCommand(newCertsRenewCmd(g), newRotateEncryptionKeyCmd(g))
 	return cmd
+}
+
+// splitClusterArg reads [CLUSTER] [NAME...]: the first argument is the
+// cluster when it names one; a lab with one cluster needs no cluster.
+func splitClusterArg(env *lab.Env, args []string) (string, []string, error) {
+	if len(args) > 0 {
+		if _, ok := env.Plan.Cluster(args[0]); ok {
+			return args[0], args[1:], nil
+		}
+	}
+	if len(env.Plan.Clusters) == 1 {
+		return env.Plan.Clusters[0].Name, args, nil
+	}
+	var names []string
+	for _, c := range env.Plan.Clusters {
+		names = append(names, c.Name)
+	}
+	return "", nil, fmt.Errorf("the lab has %d clusters; name one first (%s)", len(names), strings.Join(names, ", "))
+}
+
+func newCertsRenewCmd(g *globalOptions) *cobra.Command {
+	var all, newKeys, dryRun bool
+	var pf progressFlags
+	cmd := &cobra.Command{
+		Use:   "renew [CLUSTER] [--all | NAME...]",
+		Short: "Re-issue leaf certificates and put them on the running nodes",
+		Long: `Re-issue leaf certificates (names as kubelab certs lists them) with a new
+lifetime from lab.yaml's certificates.leafValidity, copy them to the running
+nodes and restart only the components that use them: etcd members first, then
+control planes, then workers, one node at a time, each healthy again before
+the next. Then every TLS endpoint is checked to serve the certificate on disk.
+
+Certificates keep their private keys unless --new-keys is given.
+Every node of the cluster must be running; nothing is changed otherwise.
+CAs are not renewed here.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			cluster, names, err := splitClusterArg(env, args)
+			if err != nil {
+				return err
+			}
+			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+				return err
+			}
+			req := lab.RenewRequest{Cluster: cluster, Names: names, All: all, NewKeys: newKeys}
+			return runPhasesWith(cmd, env, &pf, "certs-renew", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
+				return env.RenewPhases(ctx, req)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "renew every leaf certificate of the cluster")
+	cmd.Flags().BoolVar(&newKeys, "new-keys", false, "give the renewed certificates new private keys (default: keep the keys)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
+	return cmd
+}
+
+func newRotateEncryptionKeyCmd(g *globalOptions) *cobra.Command {
+	var dryRun bool
+	var pf progressFlags
+	cmd := &cobra.Command{
+		Use:   "rotate-encryption-key [CLUSTER]",
+		Short: "Replace the key Secrets are encrypted with in etcd, rewriting every Secret",
+		Long: `Make a new key for encrypting Secrets at rest and retire the old one without
+a moment in which an API server cannot read a Secret: the API servers learn
+the new key, then write with it, every Secret is rewritten, then the old key
+is dropped. Each step restarts the API servers one control plane at a time.
+Then every Secret is read from etcd to check it is encrypted with the new key.
+
+If the rotation is interrupted, run the command again: it continues from the
+key list in the cluster's encryption configuration.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
+			env, err := loadEnv(g, cmd, nil)
+			if err != nil {
+				return err
+			}
+			cluster, rest, err := splitClusterArg(env, args)
+			if err != nil {
+				return err
+			}
+			if len(rest) > 0 {
+				return fmt.Errorf("no cluster %q in lab.yaml", rest[0])
+			}
+			return runPhasesWith(cmd, env, &pf, "rotate-encryption-key", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
+				return env.RotateEncryptionPhases(ctx, cluster)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
+	return cmd
+}
+
+// expiryWarnings names every certificate of the lab that expires within
+// window (or has), for kubelab status.
+func expiryWarnings(labDir string, clusters []string, now time.Time, window time.Duration) []string {
+	var out []string
+	for _, c := range clusters {
+		infos, err := pki.List(labDir, c)
+		if err != nil {
+			continue // no PKI yet: nothing to expire
+		}
+		for _, i := range infos {
+			if i.NotAfter.After(now.Add(window)) {
+				continue
+			}
+			how := fmt.Sprintf("kubelab certs renew %s %s", c, filepath.ToSlash(i.Name))
+			if i.IsCA {
+				how = "a CA cannot be renewed in place; see the README's Security section"
+			}
+			when := fmt.Sprintf("expires in %d days (%s)", i.DaysLeft(now), i.NotAfter.UTC().Format(time.DateOnly))
+			if i.DaysLeft(now) < 0 || now.After(i.NotAfter) {
+				when = "EXPIRED " + i.NotAfter.UTC().Format(time.DateOnly)
+			}
+			out = append(out, fmt.Sprintf("warning: cluster %s: certificate %s %s; %s", c, filepath.ToSlash(i.Name), when, how))
+		}
+	}
+	return out
 }
 
 func writeCertTable(cmd *cobra.Command, infos []pki.CertInfo, now time.Time) error {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -266,6 +267,9 @@ func newRefreshCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
+// expiryWarning: status warns about certificates expiring this soon.
+const expiryWarning = 30 * 24 * time.Hour
+
 func newStatusCmd(g *globalOptions) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -279,6 +283,15 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 			rows, err := env.Status(cmd.Context())
 			if err != nil {
 				return err
+			}
+			var clusters []string
+			for _, c := range env.Plan.Clusters {
+				if len(args) == 0 || slices.Contains(args, c.Name) {
+					clusters = append(clusters, c.Name)
+				}
+			}
+			for _, w := range expiryWarnings(env.Layout.Dir, clusters, time.Now(), expiryWarning) {
+				fmt.Fprintln(cmd.ErrOrStderr(), w)
 			}
 			if output == "json" {
 				b, err := json.MarshalIndent(rows, "", "  ")

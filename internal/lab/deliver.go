@@ -1,0 +1,121 @@
+package lab
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/kubelab/kubelab/internal/nodeconfig"
+	"github.com/kubelab/kubelab/internal/plan"
+)
+
+// changeTar packs a change's files and unit files for `tar -x -C /` on the
+// node: modes and owners as the configuration says, nothing else.
+func changeTar(ch nodeconfig.Change) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(path string, mode uint32, owner, group string, data []byte) error {
+		return writeTarFile(tw, strings.TrimPrefix(path, "/"), int64(mode), owner, group, data)
+	}
+	for _, f := range ch.Files {
+		if err := add(f.Path, f.Mode, f.Owner, f.Group, f.Contents); err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range ch.Units {
+		if err := add(nodeconfig.UnitPath(u), 0o644, "root", "root", []byte(u.Contents)); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func writeTarFile(tw *tar.Writer, name string, mode int64, owner, group string, data []byte) error {
+	if owner == "" {
+		owner = "root"
+	}
+	if group == "" {
+		group = "root"
+	}
+	h := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)),
+		Uname: owner, Gname: group, Format: tar.FormatPAX}
+	if err := tw.WriteHeader(h); err != nil {
+		return fmt.Errorf("tar %s: %w", name, err)
+	}
+	_, err := tw.Write(data)
+	return err
+}
+
+// deliverScript unpacks the change and restarts what reads it. tar
+// replaces each file (unlink, then create); the components that read
+// them read them again only when restarted, after all are in place.
+func deliverScript(ch nodeconfig.Change) string {
+	var b strings.Builder
+	b.WriteString("set -e; umask 077; tar -x -p --same-owner --no-overwrite-dir -C / -f -\n")
+	if len(ch.Units) > 0 {
+		b.WriteString("systemctl daemon-reload\n")
+	}
+	// The node's clock at the restart: what the restarted components
+	// stamp (leases, health) is compared with it, on the same clock.
+	b.WriteString("echo restarted-at $(date +%s.%N)\n")
+	if len(ch.Restart) > 0 {
+		// --no-block: the controller manager's start waits for the API
+		// server, which kubelab waits for itself, with progress.
+		fmt.Fprintf(&b, "systemctl restart --no-block %s\n", strings.Join(ch.Restart, " "))
+	}
+	b.WriteString("echo delivered\n")
+	return b.String()
+}
+
+// deliver puts a change on a running node over ssh and restarts the units
+// that read what changed. It returns when systemd has the restarts queued,
+// with the node's clock at that moment.
+func (e *Env) deliver(ctx context.Context, n plan.Node, ch nodeconfig.Change) (time.Time, error) {
+	data, err := changeTar(ch)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	args := e.SSHArgs(n, deliverScript(ch))
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Stdin = bytes.NewReader(data)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "delivered") {
+		return time.Time{}, fmt.Errorf("deliver %d files to node %s (%s): %v\n%s", len(ch.Files)+len(ch.Units), n.Name, n.Address, err, strings.TrimSpace(string(out)))
+	}
+	var sec float64
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "restarted-at "); ok {
+			if _, err := fmt.Sscanf(v, "%f", &sec); err != nil {
+				return time.Time{}, fmt.Errorf("node %s: unreadable clock %q", n.Name, v)
+			}
+		}
+	}
+	if sec == 0 {
+		return time.Time{}, fmt.Errorf("node %s did not say its clock:\n%s", n.Name, out)
+	}
+	return time.Unix(0, int64(sec*1e9)), nil
+}
+
+// sshOutput runs a command on a node and returns its standard output.
+func (e *Env) sshOutput(ctx context.Context, n plan.Node, command string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	args := e.SSHArgs(n, command)
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("ssh %s %q: %v: %s", n.Name, command, err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
