@@ -11,7 +11,7 @@ packages=(
   # running VMs and the lab network
   qemu-system-x86 iproute2 nftables iptables dnsmasq-base socat openssh-client
   # checks in tests
-  openssl cloud-init
+  openssl curl cloud-init
 )
 
 missing=()

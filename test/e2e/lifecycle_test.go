@@ -50,6 +50,8 @@ func TestLifecycleOverlay(t *testing.T) {
 	h.kubelab(checkTimeout, "check", "--keep")
 	h.nodePortFromLAN()
 	h.kubectl("delete", "namespace", "kubelab-check", "--wait=false")
+	h.securityProbes()
+	h.renewAndRotate()
 
 	if out, err := h.kubectl("create", "configmap", "e2e-survives", "--from-literal=answer=42"); err != nil {
 		t.Fatalf("create configmap: %v\n%s", err, out)
@@ -60,6 +62,14 @@ func TestLifecycleOverlay(t *testing.T) {
 	h.kubelab(shortTimeout, "stop")
 	if pids := qemuPIDs(h.lab); len(pids) != 0 {
 		t.Fatalf("QEMU still running after stop: %v", pids)
+	}
+	// Renewing on stopped nodes is refused before anything changes.
+	pkiBefore := readFile(t, h.pki("apiserver.crt"))
+	if out, err := h.kubelabErr(shortTimeout, "certs", "renew", "--all"); err == nil || !strings.Contains(out, "nothing was changed: cp1 is stopped") {
+		t.Errorf("certs renew on stopped nodes: %v\n%s", err, out)
+	}
+	if readFile(t, h.pki("apiserver.crt")) != pkiBefore {
+		t.Error("a refused renewal changed apiserver.crt")
 	}
 	h.kubelab(upTimeout, "start")
 	h.requireReady()
