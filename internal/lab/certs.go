@@ -109,7 +109,9 @@ func (e *Env) RenewPhases(ctx context.Context, req RenewRequest) ([]Phase, error
 			return "copy them to the nodes (etcd, control planes, workers; one node at a time) and restart what reads them"
 		},
 			Run: func(ctx context.Context) error { return e.deliverAll(ctx, c, changes) }},
-		{Name: "verify", Describe: func() string { return "check that every endpoint serves the certificate on disk, and the nodes are Ready" },
+		{Name: "verify", Describe: func() string {
+			return "check that every endpoint serves the certificate on disk, and the nodes are Ready"
+		},
 			Run: func(ctx context.Context) error { return e.verifyServing(ctx, c) }},
 		{Name: "kubeconfig", Describe: func() string { return "write the cluster's admin kubeconfig again (and the user's context)" },
 			Run: func(ctx context.Context) error { return e.writeKubeconfigs([]plan.Cluster{c}) }},
