@@ -207,14 +207,14 @@ func (e *Env) deliverAll(ctx context.Context, c plan.Cluster, changes map[string
 			continue
 		}
 		e.Progress.Status(n.Name, fmt.Sprintf("copying %d files", len(ch.Files)+len(ch.Units)))
-		since, err := e.deliver(ctx, n, ch)
+		r, err := e.deliver(ctx, n, ch)
 		if err != nil {
 			e.Progress.Final(n.Name, "failed")
 			return err
 		}
 		for _, u := range ch.Restart {
 			e.Progress.Status(n.Name, "waiting for "+u)
-			if err := e.waitRestarted(ctx, c, n, u, since); err != nil {
+			if err := e.waitRestarted(ctx, c, n, u, r); err != nil {
 				e.Progress.Final(n.Name, u+" not back")
 				return fmt.Errorf("node %s: %s after the restart: %w\n%s", n.Name, u, err, e.journalOf(ctx, n, u))
 			}
@@ -239,12 +239,15 @@ const restartTimeout = 10 * time.Minute
 // waitRestarted waits until a restarted component works again, judged by
 // what only the new process can produce: a healthy answer over mTLS, a
 // lease renewed after the restart (node clock), a fresh proxy sync.
-func (e *Env) waitRestarted(ctx context.Context, c plan.Cluster, n plan.Node, unit string, since time.Time) error {
+func (e *Env) waitRestarted(ctx context.Context, c plan.Cluster, n plan.Node, unit string, r restart) error {
 	ctx, cancel := context.WithTimeout(ctx, restartTimeout)
 	defer cancel()
+	if err := e.waitNewProcess(ctx, n, unit, r.oldPIDs[unit]); err != nil {
+		return err
+	}
 	// The old process may still renew a lease in the moment between the
 	// clock reading and its stop; a new one needs seconds to start.
-	since = since.Add(2 * time.Second)
+	since := r.at.Add(2 * time.Second)
 	creds, err := e.readCreds(c)
 	if err != nil {
 		return err

@@ -63,8 +63,12 @@ func deliverScript(ch nodeconfig.Change) string {
 		b.WriteString("systemctl daemon-reload\n")
 	}
 	// The node's clock at the restart: what the restarted components
-	// stamp (leases, health) is compared with it, on the same clock.
+	// stamp (leases, health) is compared with it, on the same clock. The
+	// main PIDs before it tell the new processes from the old ones.
 	b.WriteString("echo restarted-at $(date +%s.%N)\n")
+	for _, u := range ch.Restart {
+		fmt.Fprintf(&b, "echo pid %s $(systemctl show -P MainPID %s)\n", u, u)
+	}
 	if len(ch.Restart) > 0 {
 		// --no-block: the controller manager's start waits for the API
 		// server, which kubelab waits for itself, with progress.
@@ -74,13 +78,20 @@ func deliverScript(ch nodeconfig.Change) string {
 	return b.String()
 }
 
+// restart is when a node's units were restarted (node clock) and the main
+// PIDs they had before.
+type restart struct {
+	at      time.Time
+	oldPIDs map[string]string
+}
+
 // deliver puts a change on a running node over ssh and restarts the units
-// that read what changed. It returns when systemd has the restarts queued,
-// with the node's clock at that moment.
-func (e *Env) deliver(ctx context.Context, n plan.Node, ch nodeconfig.Change) (time.Time, error) {
+// that read what changed. It returns when systemd has the restarts queued.
+func (e *Env) deliver(ctx context.Context, n plan.Node, ch nodeconfig.Change) (restart, error) {
+	r := restart{oldPIDs: map[string]string{}}
 	data, err := changeTar(ch)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("node %s: %w", n.Name, err)
+		return r, fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -89,20 +100,40 @@ func (e *Env) deliver(ctx context.Context, n plan.Node, ch nodeconfig.Change) (t
 	cmd.Stdin = bytes.NewReader(data)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "delivered") {
-		return time.Time{}, fmt.Errorf("deliver %d files to node %s (%s): %v\n%s", len(ch.Files)+len(ch.Units), n.Name, n.Address, err, strings.TrimSpace(string(out)))
+		return r, fmt.Errorf("deliver %d files to node %s (%s): %v\n%s", len(ch.Files)+len(ch.Units), n.Name, n.Address, err, strings.TrimSpace(string(out)))
 	}
 	var sec float64
 	for _, line := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(line, "restarted-at "); ok {
 			if _, err := fmt.Sscanf(v, "%f", &sec); err != nil {
-				return time.Time{}, fmt.Errorf("node %s: unreadable clock %q", n.Name, v)
+				return r, fmt.Errorf("node %s: unreadable clock %q", n.Name, v)
 			}
+		}
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "pid" {
+			r.oldPIDs[f[1]] = f[2]
 		}
 	}
 	if sec == 0 {
-		return time.Time{}, fmt.Errorf("node %s did not say its clock:\n%s", n.Name, out)
+		return r, fmt.Errorf("node %s did not say its clock:\n%s", n.Name, out)
 	}
-	return time.Unix(0, int64(sec*1e9)), nil
+	r.at = time.Unix(0, int64(sec*1e9))
+	return r, nil
+}
+
+// waitNewProcess waits until systemd runs unit with a main PID other than
+// the one it had before the restart.
+func (e *Env) waitNewProcess(ctx context.Context, n plan.Node, unit, oldPID string) error {
+	return poll(ctx, 3*time.Second, func(ctx context.Context) error {
+		out, err := e.sshOutput(ctx, n, "systemctl show -P MainPID "+unit)
+		if err != nil {
+			return err
+		}
+		if pid := strings.TrimSpace(out); pid == "0" || pid == oldPID {
+			e.Progress.Status(n.Name, fmt.Sprintf("%s: waiting for its new process (main PID %s)", unit, pid))
+			return fmt.Errorf("%s has main PID %s, not a new process yet", unit, pid)
+		}
+		return nil
+	})
 }
 
 // sshOutput runs a command on a node and returns its standard output.
