@@ -116,20 +116,23 @@ func (h *harness) killedUp() {
 	if err := cmd.Start(); err != nil {
 		h.t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	console := filepath.Join(h.dir, "clusters", "k1", "nodes", "w1", "console.log")
 	deadline := time.Now().Add(20 * time.Minute) // the image may be built first
 	for time.Now().Before(deadline) {
 		if st, err := os.Stat(console); err == nil && st.Size() > 0 {
 			break
 		}
-		if cmd.ProcessState != nil {
-			break
+		select {
+		case err := <-exited:
+			h.t.Fatalf("kubelab up ended (%v) before any VM booted; see %s", err, h.log.Name())
+		case <-time.After(time.Second):
 		}
-		time.Sleep(time.Second)
 	}
 	time.Sleep(5 * time.Second)
 	cmd.Process.Kill()
-	cmd.Wait()
+	<-exited
 	h.t.Logf("killed the first up while booting; QEMU processes now: %v", qemuPIDs(h.lab))
 }
 
