@@ -106,6 +106,27 @@ func splitClusterArg(env *lab.Env, args []string) (string, []string, error) {
 	return "", nil, fmt.Errorf("the lab has %d clusters; name one first (%s)", len(names), strings.Join(names, ", "))
 }
 
+// runningClusterEnv is the common start of commands that change a running
+// cluster: progress flags checked, the lab loaded, [CLUSTER] read from the
+// arguments (the rest returned), the hypervisor's tools present.
+func runningClusterEnv(g *globalOptions, cmd *cobra.Command, pf *progressFlags, args []string) (*lab.Env, string, []string, error) {
+	if err := pf.check(); err != nil {
+		return nil, "", nil, err
+	}
+	env, err := loadEnv(g, cmd, nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cluster, rest, err := splitClusterArg(env, args)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+		return nil, "", nil, err
+	}
+	return env, cluster, rest, nil
+}
+
 func newCertsRenewCmd(g *globalOptions) *cobra.Command {
 	var all, newKeys, dryRun bool
 	var pf progressFlags
@@ -122,18 +143,8 @@ Certificates keep their private keys unless --new-keys is given.
 Every node of the cluster must be running; nothing is changed otherwise.
 CAs are not renewed here.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := pf.check(); err != nil {
-				return err
-			}
-			env, err := loadEnv(g, cmd, nil)
+			env, cluster, names, err := runningClusterEnv(g, cmd, &pf, args)
 			if err != nil {
-				return err
-			}
-			cluster, names, err := splitClusterArg(env, args)
-			if err != nil {
-				return err
-			}
-			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
 				return err
 			}
 			req := lab.RenewRequest{Cluster: cluster, Names: names, All: all, NewKeys: newKeys}
@@ -165,14 +176,7 @@ If the rotation is interrupted, run the command again: it continues from the
 key list in the cluster's encryption configuration.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := pf.check(); err != nil {
-				return err
-			}
-			env, err := loadEnv(g, cmd, nil)
-			if err != nil {
-				return err
-			}
-			cluster, rest, err := splitClusterArg(env, args)
+			env, cluster, rest, err := runningClusterEnv(g, cmd, &pf, args)
 			if err != nil {
 				return err
 			}

@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -121,19 +119,9 @@ func (e *Env) RenewPhases(ctx context.Context, req RenewRequest) ([]Phase, error
 // requireRunning fails, before anything is changed, unless every node of
 // c is running and answers ssh.
 func (e *Env) requireRunning(ctx context.Context, c plan.Cluster) error {
-	var down []string
-	for _, n := range c.Nodes {
-		m, err := e.Machine(c, n)
-		if err != nil {
-			return err
-		}
-		st, err := e.Driver.State(ctx, m)
-		if err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		if st != driver.StateRunning {
-			down = append(down, fmt.Sprintf("%s is %s", n.Name, st))
-		}
+	down, err := e.notRunning(ctx, c)
+	if err != nil {
+		return err
 	}
 	if len(down) > 0 {
 		return fmt.Errorf("nothing was changed: %s; run kubelab start first", strings.Join(down, ", "))
@@ -147,6 +135,25 @@ func (e *Env) requireRunning(ctx context.Context, c plan.Cluster) error {
 		e.Progress.Final(n.Name, "answers")
 	}
 	return nil
+}
+
+// notRunning lists the nodes of c whose VM does not run ("w1 is stopped").
+func (e *Env) notRunning(ctx context.Context, c plan.Cluster) ([]string, error) {
+	var down []string
+	for _, n := range c.Nodes {
+		m, err := e.Machine(c, n)
+		if err != nil {
+			return nil, err
+		}
+		st, err := e.Driver.State(ctx, m)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if st != driver.StateRunning {
+			down = append(down, fmt.Sprintf("%s is %s", n.Name, st))
+		}
+	}
+	return down, nil
 }
 
 // rerender renders cluster c as it is and again after change (which may
@@ -335,23 +342,14 @@ func proxySynced(ctx context.Context, n plan.Node, since time.Time) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	url := "http://" + net.JoinHostPort(n.Address.String(), "10256") + "/healthz"
-	req, err := http.NewRequestWithContext(qctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	var h struct {
 		LastUpdated time.Time `json:"lastUpdated"`
 	}
-	if err := json.Unmarshal(body, &h); err != nil {
-		return fmt.Errorf("kube-proxy %s answered %s: %q", url, resp.Status, body)
+	resp, err := requestJSON(qctx, client, http.MethodGet, url, nil, 4096, &h)
+	if err != nil {
+		return err
 	}
 	if resp.StatusCode != http.StatusOK || !h.LastUpdated.After(since) {
 		return fmt.Errorf("kube-proxy: %s, last sync %s", resp.Status, h.LastUpdated.Format(time.RFC3339))

@@ -1,14 +1,10 @@
 package lab
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -200,14 +196,10 @@ func (e *Env) etcdRange(ctx context.Context, c plan.Cluster, prefix string) (map
 	}
 	caPEM, _ := creds.CACert(pki.EtcdCA)
 	cert, key, _ := creds.PEM(pki.EtcdAPIServerClient)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	pair, err := tls.X509KeyPair(cert, key)
+	client, err := etcdClient(caPEM, cert, key, 30*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil,
-		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}}}
 	defer client.CloseIdleConnections()
 	end := []byte(prefix)
 	end[len(end)-1]++ // the first key after every key with the prefix
@@ -216,30 +208,18 @@ func (e *Env) etcdRange(ctx context.Context, c plan.Cluster, prefix string) (map
 		"range_end": base64.StdEncoding.EncodeToString(end),
 	})
 	url := "https://" + net.JoinHostPort(members[0].Address.String(), "2379") + "/v3/kv/range"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("etcd range %s: %w", prefix, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("etcd range %s: %s: %s", prefix, resp.Status, data)
-	}
 	var r struct {
 		KVs []struct {
 			Key   []byte `json:"key"`
 			Value []byte `json:"value"`
 		} `json:"kvs"`
 	}
-	if err := json.Unmarshal(data, &r); err != nil {
+	resp, err := requestJSON(ctx, client, http.MethodPost, url, body, 64<<20, &r)
+	if err != nil {
 		return nil, fmt.Errorf("etcd range %s: %w", prefix, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("etcd range %s: %s", prefix, resp.Status)
 	}
 	out := map[string]string{}
 	for _, kv := range r.KVs {

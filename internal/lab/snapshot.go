@@ -149,18 +149,12 @@ func (e *Env) SnapshotSavePhases(c plan.Cluster, name string) ([]Phase, error) {
 				if err := e.SnapshotPrecheck(c, name, true); err != nil {
 					return err
 				}
-				for _, n := range c.Nodes {
-					m, err := e.Machine(c, n)
-					if err != nil {
-						return err
-					}
-					st, err := e.Driver.State(ctx, m)
-					if err != nil {
-						return err
-					}
-					if st != driver.StateRunning {
-						return fmt.Errorf("node %s is %s: a snapshot is taken of a running cluster (kubelab up first)", n.Name, st)
-					}
+				down, err := e.notRunning(ctx, c)
+				if err != nil {
+					return err
+				}
+				if len(down) > 0 {
+					return fmt.Errorf("node %s: a snapshot is taken of a running cluster (kubelab up first)", strings.Join(down, ", "))
 				}
 				id, err := e.clusterIdentity(c)
 				if err != nil {
