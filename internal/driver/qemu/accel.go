@@ -31,10 +31,10 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 // under a second even under TCG.
 const probeTimeout = 5 * time.Second
 
-// probeKVM boots the firmware alone (no disk, no NIC) under KVM with its
-// debug console on a file, and answers "kvm" when the firmware gets to the
-// end of its boot ("No bootable device"), else "tcg". It only errors when
-// QEMU itself cannot be run.
+// probeKVM boots the firmware alone (no disk, no NIC) under KVM, with the
+// CPU model nodes get and its debug console on a file, and answers "kvm"
+// when the firmware gets to the end of its boot ("No bootable device"),
+// else "tcg". It only errors when QEMU itself cannot be run.
 func probeKVM(ctx context.Context, qemu string) (string, error) {
 	bin, err := exec.LookPath(qemu)
 	if err != nil {
@@ -53,7 +53,10 @@ func probeKVM(ctx context.Context, qemu string) (string, error) {
 	log := filepath.Join(dir, "debugcon.log")
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-accel", "kvm", "-machine", "pc", "-m", "16",
+	// -cpu host as the nodes get it: on some hosts the firmware runs under
+	// KVM with QEMU's default CPU model, but setting the host model's MSRs
+	// fails (QEMU aborts), so only the real model proves KVM usable.
+	cmd := exec.CommandContext(ctx, bin, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "16",
 		"-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
 		"-chardev", "file,id=dbg,path="+optEscape(log), "-device", "isa-debugcon,iobase=0x402,chardev=dbg")
 	if err := cmd.Start(); err != nil {
