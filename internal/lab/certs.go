@@ -85,7 +85,7 @@ func (e *Env) RenewPhases(ctx context.Context, req RenewRequest) ([]Phase, error
 	for _, n := range names {
 		renew[n] = true
 	}
-	var changes map[string]nodeconfig.Change
+	var configs map[string]nodeconfig.Node
 	keys := "with their keys"
 	if req.NewKeys {
 		keys = "with new keys"
@@ -97,7 +97,7 @@ func (e *Env) RenewPhases(ctx context.Context, req RenewRequest) ([]Phase, error
 			return fmt.Sprintf("re-issue %d certificates %s: %s", len(names), keys, strings.Join(names, ", "))
 		},
 			Run: func(ctx context.Context) error {
-				changes, err = e.rerender(c, func(in *RenderInput) error {
+				configs, err = e.rerender(c, func(in *RenderInput) error {
 					in.Renew, in.NewKeys = renew, req.NewKeys
 					return nil
 				})
@@ -106,7 +106,7 @@ func (e *Env) RenewPhases(ctx context.Context, req RenewRequest) ([]Phase, error
 		{Name: "deliver", Describe: func() string {
 			return "copy them to the nodes (etcd, control planes, workers; one node at a time) and restart what reads them"
 		},
-			Run: func(ctx context.Context) error { return e.deliverAll(ctx, c, changes) }},
+			Run: func(ctx context.Context) error { return e.deliverAll(ctx, c, configs) }},
 		{Name: "verify", Describe: func() string {
 			return "check that every endpoint serves the certificate on disk, and the nodes are Ready"
 		},
@@ -156,34 +156,25 @@ func (e *Env) notRunning(ctx context.Context, c plan.Cluster) ([]string, error) 
 	return down, nil
 }
 
-// rerender renders cluster c as it is and again after change (which may
-// alter the input or the PKI on disk), and returns per node what the
-// running node lacks.
-func (e *Env) rerender(c plan.Cluster, change func(*RenderInput) error) (map[string]nodeconfig.Change, error) {
+// rerender renders cluster c after change (which may alter the input or
+// the PKI on disk) and returns each node's configuration.
+func (e *Env) rerender(c plan.Cluster, change func(*RenderInput) error) (map[string]nodeconfig.Node, error) {
 	in := RenderInput{Layout: e.Layout, Lab: e.Lab, Plan: e.Plan, Versions: e.Versions, Clusters: []string{c.Name}}
-	before, err := Render(in)
-	if err != nil {
-		return nil, err
-	}
 	if err := change(&in); err != nil {
 		return nil, err
 	}
-	after, err := Render(in)
+	res, err := Render(in)
 	if err != nil {
 		return nil, err
 	}
-	for _, rep := range after.PKI {
+	for _, rep := range res.PKI {
 		for _, line := range strings.Split(rep.String(), "\n") {
 			fmt.Fprintln(e.out(), "    "+line)
 		}
 	}
-	old := map[string]nodeconfig.Node{}
-	for _, rn := range before.Nodes {
-		old[rn.Node] = rn.Config
-	}
-	out := map[string]nodeconfig.Change{}
-	for _, rn := range after.Nodes {
-		out[rn.Node] = nodeconfig.Diff(old[rn.Node], rn.Config)
+	out := map[string]nodeconfig.Node{}
+	for _, rn := range res.Nodes {
+		out[rn.Node] = rn.Config
 	}
 	return out, nil
 }
@@ -206,11 +197,24 @@ func deliveryOrder(c plan.Cluster) []plan.Node {
 	return nodes
 }
 
-func (e *Env) deliverAll(ctx context.Context, c plan.Cluster, changes map[string]nodeconfig.Change) error {
+// deliverAll brings every node of c to its configuration in configs: it
+// asks each node what it holds, copies what differs and restarts what
+// reads it, one node at a time in deliveryOrder.
+func (e *Env) deliverAll(ctx context.Context, c plan.Cluster, configs map[string]nodeconfig.Node) error {
 	for _, n := range deliveryOrder(c) {
-		ch := changes[n.Name]
+		cfg, ok := configs[n.Name]
+		if !ok {
+			return fmt.Errorf("no configuration rendered for node %s", n.Name)
+		}
+		e.Progress.Status(n.Name, "comparing its files")
+		have, err := e.nodeFiles(ctx, n, cfg.Paths())
+		if err != nil {
+			e.Progress.Final(n.Name, "failed")
+			return err
+		}
+		ch := nodeconfig.DiffState(have, cfg)
 		if ch.Empty() {
-			e.Progress.Final(n.Name, "nothing to change")
+			e.Progress.Final(n.Name, "up to date")
 			continue
 		}
 		e.Progress.Status(n.Name, fmt.Sprintf("copying %d files", len(ch.Files)+len(ch.Units)))

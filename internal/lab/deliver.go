@@ -150,3 +150,52 @@ func (e *Env) sshOutput(ctx context.Context, n plan.Node, command string) (strin
 	}
 	return string(out), nil
 }
+
+// nodeFiles asks a node for the hash, mode and owners of each path it
+// holds; paths it lacks are absent from the answer.
+func (e *Env) nodeFiles(ctx context.Context, n plan.Node, paths []string) (map[string]nodeconfig.FileState, error) {
+	script, err := nodeFilesScript(paths)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	out, err := e.sshOutput(ctx, n, script)
+	if err != nil {
+		return nil, err
+	}
+	return parseNodeFiles(out)
+}
+
+// nodeFilesScript prints "sha256 mode owner group path" per existing
+// regular file, then "end".
+func nodeFilesScript(paths []string) (string, error) {
+	var script strings.Builder
+	script.WriteString("for p in")
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "'\n\t ") {
+			return "", fmt.Errorf("unusual path %q", p)
+		}
+		script.WriteString(" '" + p + "'")
+	}
+	script.WriteString(`; do [ -f "$p" ] && echo "$(sha256sum < "$p" | cut -d' ' -f1) $(stat -c '%a %U %G' "$p") $p"; done; echo end`)
+	return script.String(), nil
+}
+
+// parseNodeFiles reads "sha256 mode owner group path" lines up to "end".
+func parseNodeFiles(out string) (map[string]nodeconfig.FileState, error) {
+	have := map[string]nodeconfig.FileState{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "end" {
+			return have, nil
+		}
+		f := strings.Fields(line)
+		var mode uint32
+		if len(f) != 5 || len(f[0]) != 64 {
+			return nil, fmt.Errorf("unreadable file state %q", line)
+		}
+		if _, err := fmt.Sscanf(f[1], "%o", &mode); err != nil {
+			return nil, fmt.Errorf("unreadable mode in %q", line)
+		}
+		have[f[4]] = nodeconfig.FileState{SHA256: f[0], Mode: mode, Owner: f[2], Group: f[3]}
+	}
+	return nil, fmt.Errorf("the file listing ended early:\n%s", out)
+}

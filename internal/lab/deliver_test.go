@@ -81,3 +81,50 @@ func TestDeliveryOrder(t *testing.T) {
 		t.Errorf("order %v", got)
 	}
 }
+
+// TestNodeFilesScript runs the script a node runs, here, on files made to
+// match a configuration or not, and diffs the answer.
+func TestNodeFilesScript(t *testing.T) {
+	dir := t.TempDir()
+	same := filepath.Join(dir, "same.crt")
+	changed := filepath.Join(dir, "changed.key")
+	mode := filepath.Join(dir, "mode.conf")
+	missing := filepath.Join(dir, "missing.kubeconfig")
+	os.WriteFile(same, []byte("same"), 0o644)
+	os.WriteFile(changed, []byte("old"), 0o600)
+	os.WriteFile(mode, []byte("m"), 0o644)
+	want := nodeconfig.Node{Files: []nodeconfig.File{
+		{Path: same, Mode: 0o644, Contents: []byte("same")},
+		{Path: changed, Mode: 0o600, Contents: []byte("new")},
+		{Path: mode, Mode: 0o600, Contents: []byte("m")},
+		{Path: missing, Mode: 0o600, Contents: []byte("k")},
+	}}
+	script, err := nodeFilesScript(want.Paths())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sh", "-c", script).Output()
+	if err != nil {
+		t.Fatalf("script: %v\n%s", err, script)
+	}
+	have, err := parseNodeFiles(string(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range nodeconfig.DiffState(have, want).Files {
+		got = append(got, filepath.Base(f.Path))
+	}
+	if strings.Join(got, " ") != "changed.key mode.conf missing.kubeconfig" {
+		t.Errorf("files to deliver: %v\n%s", got, out)
+	}
+	if _, err := nodeFilesScript([]string{"/etc/x'; rm -rf /"}); err == nil {
+		t.Error("a path with a quote was accepted")
+	}
+	if _, err := parseNodeFiles("abc 644 root root /x\n"); err == nil {
+		t.Error("a malformed listing was accepted")
+	}
+	if _, err := parseNodeFiles(strings.Repeat("a", 64) + " 644 root root /x\n"); err == nil {
+		t.Error("a listing without its end was accepted")
+	}
+}

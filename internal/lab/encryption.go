@@ -66,7 +66,7 @@ func (e *Env) rotateEncryption(ctx context.Context, c plan.Cluster) error {
 	dir := pki.Dir(e.Layout.Dir, c.Name)
 	step := func(what string, next func([]pki.EncryptionKey) ([]pki.EncryptionKey, error)) error {
 		fmt.Fprintf(e.out(), "    %s\n", what)
-		changes, err := e.rerender(c, func(*RenderInput) error {
+		configs, err := e.rerender(c, func(*RenderInput) error {
 			keys, err := pki.ReadEncryptionKeys(dir)
 			if err != nil {
 				return err
@@ -80,7 +80,7 @@ func (e *Env) rotateEncryption(ctx context.Context, c plan.Cluster) error {
 		if err != nil {
 			return err
 		}
-		return e.deliverAll(ctx, c, changes)
+		return e.deliverAll(ctx, c, configs)
 	}
 	keys, err := pki.ReadEncryptionKeys(dir)
 	if err != nil {

@@ -2,6 +2,8 @@ package nodeconfig
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"path"
 	"strings"
 )
@@ -32,26 +34,81 @@ func UnitPath(u Unit) string {
 // names a file that names one (the kubelet's configuration names its
 // serving certificate, say). Files old had and new lacks are left alone.
 func Diff(old, new Node) Change {
-	var ch Change
 	oldFiles := map[string]File{}
 	for _, f := range old.Files {
 		oldFiles[f.Path] = f
-	}
-	changed := map[string]bool{}
-	for _, f := range new.Files {
-		o, ok := oldFiles[f.Path]
-		if !ok || !bytes.Equal(o.Contents, f.Contents) || o.Mode != f.Mode || o.Owner != f.Owner || o.Group != f.Group {
-			ch.Files = append(ch.Files, f)
-			changed[f.Path] = true
-		}
 	}
 	oldUnits := map[string]string{}
 	for _, u := range old.Units {
 		oldUnits[UnitPath(u)] = u.Contents
 	}
+	return diff(new, func(f File) bool {
+		o, ok := oldFiles[f.Path]
+		return !ok || !bytes.Equal(o.Contents, f.Contents) || o.Mode != f.Mode || o.Owner != f.Owner || o.Group != f.Group
+	}, func(u Unit) bool {
+		c, ok := oldUnits[UnitPath(u)]
+		return !ok || c != u.Contents
+	})
+}
+
+// FileState is what a node holds at a path.
+type FileState struct {
+	SHA256       string // hex
+	Mode         uint32
+	Owner, Group string
+}
+
+// StateOf is the state a file of the configuration should have.
+func StateOf(path string, mode uint32, owner, group string, contents []byte) FileState {
+	sum := sha256.Sum256(contents)
+	if owner == "" {
+		owner = "root"
+	}
+	if group == "" {
+		group = "root"
+	}
+	return FileState{SHA256: hex.EncodeToString(sum[:]), Mode: mode, Owner: owner, Group: group}
+}
+
+// DiffState says what a running node lacks of new, given what it holds
+// (by path; a missing path is a missing file), with Diff's restart rules.
+// Comparing with the node itself, not with an earlier rendering, makes an
+// interrupted delivery complete when it is run again.
+func DiffState(have map[string]FileState, new Node) Change {
+	return diff(new, func(f File) bool {
+		h, ok := have[f.Path]
+		return !ok || h != StateOf(f.Path, f.Mode, f.Owner, f.Group, f.Contents)
+	}, func(u Unit) bool {
+		h, ok := have[UnitPath(u)]
+		return !ok || h != StateOf(UnitPath(u), 0o644, "root", "root", []byte(u.Contents))
+	})
+}
+
+// Paths lists every file and unit file path of n, for asking a node what it
+// holds.
+func (n Node) Paths() []string {
+	var out []string
+	for _, f := range n.Files {
+		out = append(out, f.Path)
+	}
+	for _, u := range n.Units {
+		out = append(out, UnitPath(u))
+	}
+	return out
+}
+
+func diff(new Node, fileChanged func(File) bool, unitChanged func(Unit) bool) Change {
+	var ch Change
+	changed := map[string]bool{}
+	for _, f := range new.Files {
+		if fileChanged(f) {
+			ch.Files = append(ch.Files, f)
+			changed[f.Path] = true
+		}
+	}
 	restart := map[string]bool{}
 	for _, u := range new.Units {
-		if c, ok := oldUnits[UnitPath(u)]; !ok || c != u.Contents {
+		if unitChanged(u) {
 			ch.Units = append(ch.Units, u)
 			restart[u.Name] = true
 		}

@@ -1,6 +1,7 @@
 package nodeconfig
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -55,6 +56,21 @@ func TestDiffRenewal(t *testing.T) {
 				}
 				if len(ch.Units) != 0 {
 					t.Errorf("%s: unit files changed by a renewal: %v", name, ch.Units)
+				}
+				// Asking the node (hashes of what it holds) gives the same answer.
+				have := map[string]FileState{}
+				for _, f := range before[name].Files {
+					have[f.Path] = StateOf(f.Path, f.Mode, f.Owner, f.Group, f.Contents)
+				}
+				for _, u := range before[name].Units {
+					have[UnitPath(u)] = StateOf(UnitPath(u), 0o644, "root", "root", []byte(u.Contents))
+				}
+				if got := DiffState(have, after[name]); !reflect.DeepEqual(got, ch) {
+					t.Errorf("%s: DiffState %+v\nDiff %+v", name, got, ch)
+				}
+				// A node that holds nothing gets everything and restarts every unit.
+				if got := DiffState(nil, after[name]); len(got.Files) != len(after[name].Files) || len(got.Restart) != len(after[name].Units) {
+					t.Errorf("%s: empty node: %d files, %d restarts", name, len(got.Files), len(got.Restart))
 				}
 			}
 		})
