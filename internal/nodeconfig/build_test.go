@@ -23,7 +23,7 @@ var (
 func TestBuildRoles(t *testing.T) {
 	cpUnits := []string{"kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service"}
 	workerUnits := []string{"containerd.service", "kubelet.service", "kube-proxy.service"}
-	cpFiles := []string{"/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/apiserver.key", "/etc/kubernetes/pki/ca.key",
+	cpFiles := []string{"/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/apiserver.key", "/etc/kubernetes/pki/ca-signer.key",
 		"/etc/kubernetes/pki/sa.key", "/etc/kubernetes/pki/sa.pub", "/etc/kubernetes/pki/etcd/apiserver-client.key",
 		"/etc/kubernetes/pki/front-proxy-client.key", "/etc/kubernetes/pki/apiserver-kubelet-client.key",
 		"/etc/kubernetes/controller-manager.kubeconfig", "/etc/kubernetes/scheduler.kubeconfig"}
@@ -31,7 +31,7 @@ func TestBuildRoles(t *testing.T) {
 		"/etc/kubernetes/kube-proxy.kubeconfig", "/etc/kubernetes/pki/ca.crt"}
 	never := []string{"/etc/kubernetes/admin.kubeconfig", "/etc/kubernetes/super-admin.kubeconfig",
 		"/etc/kubernetes/pki/admin.key", "/etc/kubernetes/pki/super-admin.key", "/etc/kubernetes/pki/etcd/ca.key",
-		"/etc/kubernetes/pki/front-proxy-ca.key", "/etc/kubernetes/pki/apps-ca.key"}
+		"/etc/kubernetes/pki/front-proxy-ca.key", "/etc/kubernetes/pki/apps-ca.key", "/etc/kubernetes/pki/ca.key"}
 
 	cases := []struct {
 		name       string
@@ -56,7 +56,7 @@ func TestBuildRoles(t *testing.T) {
 		{name: "default/w1 routes", podNet: "routes", nodes: defaultNodes, node: "w1",
 			enable:    workerUnits,
 			files:     append([]string{CNIConfFile, "/etc/kubernetes/pki/kubelet-serving-w1.key", "/etc/crictl.yaml"}, workerFiles...),
-			absent:    append([]string{"/etc/kubernetes/pki/ca.key", "/etc/kubernetes/pki/sa.key", "/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/kubelet-serving-w2.key"}, never...),
+			absent:    append([]string{"/etc/kubernetes/pki/ca-signer.key", "/etc/kubernetes/pki/ca.key", "/etc/kubernetes/pki/sa.key", "/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/kubelet-serving-w2.key"}, never...),
 			routes:    1, // to w2 only
 			addresses: 1},
 		{name: "default/cp1 flannel", podNet: "flannel", nodes: defaultNodes, node: "cp1",
@@ -222,7 +222,7 @@ func checkAPIServer(t *testing.T, c plan.Cluster, n Node) {
 		}
 	}
 	cm, _ := unitByName(n, "kube-controller-manager.service")
-	for _, want := range []string{"--allocate-node-cidrs=false", "--use-service-account-credentials=true", "--cluster-signing-key-file=/etc/kubernetes/pki/ca.key"} {
+	for _, want := range []string{"--allocate-node-cidrs=false", "--use-service-account-credentials=true", "--cluster-signing-key-file=/etc/kubernetes/pki/ca-signer.key"} {
 		if !strings.Contains(cm.Contents, want) {
 			t.Errorf("kube-controller-manager lacks %s", want)
 		}

@@ -43,12 +43,25 @@ func (b *builder) controlPlane() error {
 	if len(etcdURLs) == 0 {
 		return fmt.Errorf("cluster %s has no etcd member; give at least one node the etcd role", c.Name)
 	}
-	for _, name := range []string{pki.KubernetesCA, pki.APIServer, pki.APIServerKubeletClient, pki.FrontProxyClient, pki.EtcdAPIServerClient} {
+	for _, name := range []string{pki.APIServer, pki.APIServerKubeletClient, pki.FrontProxyClient, pki.EtcdAPIServerClient} {
 		if err := b.cert(name); err != nil {
 			return err
 		}
 	}
-	for _, name := range []string{pki.FrontProxyCA, pki.EtcdCA} {
+	// The controller manager signs with the Kubernetes CA's current pair;
+	// ca.crt is what is trusted, which during a CA rotation holds both
+	// generations and so cannot be the signing certificate.
+	signerCrt, signerKey, err := b.in.Creds.PEM(pki.KubernetesCA)
+	if err != nil {
+		return fmt.Errorf("the Kubernetes CA's signing pair: %w", err)
+	}
+	if err := b.addFile(File{Path: SignerCertPath, Mode: 0o644, Contents: signerCrt}); err != nil {
+		return err
+	}
+	if err := b.addFile(File{Path: SignerKeyPath, Mode: 0o600, Contents: signerKey, Secret: true}); err != nil {
+		return err
+	}
+	for _, name := range []string{pki.KubernetesCA, pki.FrontProxyCA, pki.EtcdCA} {
 		if err := b.caCert(name); err != nil {
 			return err
 		}
@@ -136,8 +149,8 @@ WantedBy=multi-user.target
 		"--cluster-name="+c.Name,
 		"--client-ca-file="+certPath(pki.KubernetesCA),
 		"--requestheader-client-ca-file="+certPath(pki.FrontProxyCA),
-		"--cluster-signing-cert-file="+certPath(pki.KubernetesCA),
-		"--cluster-signing-key-file="+keyPath(pki.KubernetesCA),
+		"--cluster-signing-cert-file="+SignerCertPath,
+		"--cluster-signing-key-file="+SignerKeyPath,
 		"--root-ca-file="+certPath(pki.KubernetesCA),
 		"--service-account-private-key-file="+saKeyPath,
 		"--use-service-account-credentials=true",

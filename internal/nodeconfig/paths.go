@@ -34,6 +34,10 @@ const (
 	// SSHDConfig sorts before the distribution's and cloud-init's drop-ins
 	// (sshd keeps the first value it reads for a keyword).
 	SSHDConfig = "/etc/ssh/sshd_config.d/10-kubelab.conf"
+	// SignerCertPath and SignerKeyPath are the Kubernetes CA pair the
+	// controller manager signs with (certificate signing requests).
+	SignerCertPath = "/etc/kubernetes/pki/ca-signer.crt"
+	SignerKeyPath  = "/etc/kubernetes/pki/ca-signer.key"
 	// EncryptionConfigPath is the API server's encryption configuration.
 	EncryptionConfigPath = "/etc/kubernetes/pki/" + pki.EncryptionConfigFile
 )

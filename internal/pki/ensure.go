@@ -130,6 +130,10 @@ type Cluster struct {
 	kcNames     []string
 	kubeconfigs map[string][]byte
 	encryption  []byte // EncryptionConfigFile
+	// trust holds what nodes trust for a CA under rotation (both
+	// generations, or the new one); rotation is that rotation, or nil.
+	trust    map[string][]byte
+	rotation *Rotation
 }
 
 type credential struct {
@@ -158,10 +162,21 @@ func Ensure(labDir, lab string, c plan.Cluster, net plan.Network, opts Options) 
 			return nil, rep, fmt.Errorf("chmod %s: %w", d, err)
 		}
 	}
-	cl := &Cluster{Lab: lab, Name: c.Name, Dir: dir, creds: map[string]*credential{}, kubeconfigs: map[string][]byte{}}
+	cl := &Cluster{Lab: lab, Name: c.Name, Dir: dir, creds: map[string]*credential{}, kubeconfigs: map[string][]byte{}, trust: map[string][]byte{}}
 	now := opts.Now()
+	rot, err := ReadRotation(dir)
+	if err != nil {
+		return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
+	}
+	cl.rotation = rot
 	for _, s := range requiredCerts(lab, c, net) {
-		cr, err := ensureCert(dir, s, cl.creds, opts, now, &rep)
+		var cr *credential
+		var err error
+		if rot != nil && rot.CA == s.Name {
+			cr, cl.trust[s.Name], err = rotatingCA(dir, s, rot, opts, now, &rep)
+		} else {
+			cr, err = ensureCert(dir, s, cl.creds, opts, now, &rep)
+		}
 		if err != nil {
 			return nil, rep, fmt.Errorf("pki for cluster %s: %w", c.Name, err)
 		}
@@ -408,13 +423,22 @@ func (cl *Cluster) PEM(name string) (cert, key []byte, err error) {
 
 // CACert returns the certificate of the CA name (EtcdCA, KubernetesCA,
 // FrontProxyCA, AppsCA), which is what nodes need to trust.
+//
+// During a rotation of that CA it is what every trust point holds: both
+// generations, or only the new one in the last phase.
 func (cl *Cluster) CACert(name string) ([]byte, error) {
 	cr, ok := cl.creds[name]
 	if !ok || !cr.spec.isCA() {
 		return nil, fmt.Errorf("cluster %s has no CA %q", cl.Name, name)
 	}
+	if t, ok := cl.trust[name]; ok {
+		return t, nil
+	}
 	return cr.certPEM, nil
 }
+
+// Rotation is the CA rotation in progress, or nil.
+func (cl *Cluster) Rotation() *Rotation { return cl.rotation }
 
 // ServiceAccountKeys returns sa.pub and sa.key.
 func (cl *Cluster) ServiceAccountKeys() (pub, key []byte) { return cl.saPub, cl.saKey }
@@ -426,6 +450,9 @@ func (cl *Cluster) Names() []string { return append([]string(nil), cl.names...) 
 // in lexical order.
 func (cl *Cluster) unusedFiles() ([]string, error) {
 	want := map[string]bool{ServiceAccount + ".key": true, ServiceAccount + ".pub": true, EncryptionConfigFile: true}
+	if r := cl.rotation; r != nil {
+		want[RotationFile], want[nextName(r.CA)+".crt"], want[nextName(r.CA)+".key"] = true, true, true
+	}
 	for _, n := range cl.names {
 		want[n+".crt"], want[n+".key"] = true, true
 	}

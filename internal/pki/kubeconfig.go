@@ -94,7 +94,10 @@ func (cl *Cluster) KubeconfigFor(name, server string) ([]byte, error) {
 	if !ok || cr.spec.CA != KubernetesCA {
 		return nil, fmt.Errorf("cluster %s has no Kubernetes client credential %q", cl.Name, name)
 	}
-	ca := cl.creds[KubernetesCA]
+	trust, err := cl.CACert(KubernetesCA)
+	if err != nil {
+		return nil, err
+	}
 	base := ContextName(cl.Lab, cl.Name)
 	context := base
 	if name != Admin {
@@ -102,7 +105,7 @@ func (cl *Cluster) KubeconfigFor(name, server string) ([]byte, error) {
 	}
 	user := base + "-" + name
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[base] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca.certPEM}
+	cfg.Clusters[base] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: trust}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cr.certPEM, ClientKeyData: cr.keyPEM}
 	cfg.Contexts[context] = &clientcmdapi.Context{Cluster: base, AuthInfo: user}
 	cfg.CurrentContext = context
