@@ -84,7 +84,7 @@ func newCertsCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
-	cmd.AddCommand(newCertsRenewCmd(g), newRotateEncryptionKeyCmd(g))
+	cmd.AddCommand(newCertsRenewCmd(g), newRotateCACmd(g), newRotateEncryptionKeyCmd(g))
 	return cmd
 }
 
@@ -160,6 +160,52 @@ CAs are not renewed here.`,
 	return cmd
 }
 
+func newRotateCACmd(g *globalOptions) *cobra.Command {
+	var ca string
+	var dryRun bool
+	var pf progressFlags
+	cmd := &cobra.Command{
+		Use:   "rotate-ca [CLUSTER] --ca kubernetes|etcd|front-proxy|apps",
+		Short: "Replace one of the cluster's CAs on the running cluster, with an overlap",
+		Long: `Replace a CA without a moment in which a component distrusts a peer:
+  1. trust-both  a new CA is made; every component trusts the old and the new
+                 (for the kubernetes CA, every Deployment, DaemonSet and
+                 StatefulSet is then restarted, so pods trust both too)
+  2. reissue     every certificate the CA signed is re-issued under the new
+                 CA, with the same keys
+  3. trust-new   the old CA is dropped everywhere
+  4. finish      the new CA becomes the cluster's CA in the lab directory
+Each step copies what changed to the nodes and restarts only what reads it,
+one node at a time (etcd members, control planes, workers), and writes the
+admin kubeconfig again, so kubectl keeps working. Service-account tokens are
+signed by their own key and keep working.
+
+Every node must be running. If the rotation is interrupted, run the command
+again: it continues from the phase recorded in the cluster's PKI directory
+(ca-rotation.json). A rotation of another CA is refused until that one is
+finished.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ca == "" {
+				return fmt.Errorf("--ca is required: kubernetes, etcd, front-proxy or apps")
+			}
+			env, cluster, rest, err := runningClusterEnv(g, cmd, &pf, args)
+			if err != nil {
+				return err
+			}
+			if len(rest) > 0 {
+				return fmt.Errorf("no cluster %q in lab.yaml", rest[0])
+			}
+			return runPhasesWith(cmd, env, &pf, "rotate-ca", dryRun, func(ctx context.Context) ([]lab.Phase, error) {
+				return env.RotateCAPhases(ctx, cluster, ca)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&ca, "ca", "", "the CA to rotate: kubernetes, etcd, front-proxy or apps")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be done, do nothing")
+	pf.add(cmd)
+	return cmd
+}
+
 func newRotateEncryptionKeyCmd(g *globalOptions) *cobra.Command {
 	var dryRun bool
 	var pf progressFlags
@@ -208,7 +254,7 @@ func expiryWarnings(labDir string, clusters []string, now time.Time, window time
 			}
 			how := fmt.Sprintf("kubelab certs renew %s %s", c, filepath.ToSlash(i.Name))
 			if i.IsCA {
-				how = "a CA cannot be renewed in place; see the README's Security section"
+				how = fmt.Sprintf("kubelab certs rotate-ca %s --ca %s", c, pki.AliasOf(i.Name))
 			}
 			when := fmt.Sprintf("expires in %d days (%s)", i.DaysLeft(now), i.NotAfter.UTC().Format(time.DateOnly))
 			if i.DaysLeft(now) < 0 || now.After(i.NotAfter) {

@@ -127,6 +127,9 @@ func TestRenewBadInput(t *testing.T) {
 		{[]string{"renew", "apiserver"}, "the lab has 2 clusters; name one first (one, two)"},
 		{[]string{"renew", "three", "apiserver"}, "the lab has 2 clusters"},
 		{[]string{"rotate-encryption-key", "three"}, "the lab has 2 clusters"},
+		{[]string{"rotate-ca", "one"}, "--ca is required"},
+		{[]string{"rotate-ca", "one", "--ca", "kube"}, `unknown CA "kube"; use kubernetes, etcd, front-proxy or apps`},
+		{[]string{"renew", "one", "etcd/ca"}, "rotate a CA with kubelab certs rotate-ca one --ca etcd"},
 	} {
 		_, errOut, code := runCerts(t, dir, tc.args...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {
@@ -135,6 +138,15 @@ func TestRenewBadInput(t *testing.T) {
 	}
 	if after := readTree(t, pki.Dir(dir, "one")); !maps.Equal(before, after) {
 		t.Error("a refused renewal changed the PKI")
+	}
+	// A half-done rotation of one CA blocks a rotation of another, and
+	// says how to finish the first.
+	if err := pki.StartRotation(pki.Dir(dir, "one"), pki.EtcdCA, pki.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCerts(t, dir, "rotate-ca", "one", "--ca", "kubernetes")
+	if code == 0 || !strings.Contains(errOut, "a rotation of the etcd CA is half done (phase trust-both); run kubelab certs rotate-ca one --ca etcd to finish it first") {
+		t.Errorf("rotate-ca during another rotation: exit %d, %q", code, errOut)
 	}
 }
 

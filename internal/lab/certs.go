@@ -58,7 +58,7 @@ func renewNames(c plan.Cluster, n plan.Network, req RenewRequest) ([]string, err
 	for _, name := range req.Names {
 		switch {
 		case slices.Contains(cas, name):
-			return nil, fmt.Errorf("%s is a CA of cluster %s; renew re-issues leaf certificates only (a CA rotation is not available, see the README's Security section)", name, c.Name)
+			return nil, fmt.Errorf("%s is a CA of cluster %s; renew re-issues leaf certificates only (rotate a CA with kubelab certs rotate-ca %s --ca %s)", name, c.Name, c.Name, pki.AliasOf(name))
 		case !slices.Contains(leaves, name):
 			return nil, fmt.Errorf("cluster %s has no certificate %q; its leaf certificates are: %s", c.Name, name, strings.Join(leaves, ", "))
 		}
