@@ -116,7 +116,9 @@ func (e *Env) RotateCAPhases(ctx context.Context, cluster, alias string) ([]Phas
 		step(3, "drop the old "+alias+" CA from every trust point", nil),
 		{Name: "finish", Describe: func() string { return "make the new CA the cluster's " + alias + " CA in the lab directory" },
 			Run: func(ctx context.Context) error { return pki.FinishRotation(dir) }},
-		{Name: "verify", Describe: func() string { return "check that every endpoint serves a certificate of the new CA, and the nodes are Ready" },
+		{Name: "verify", Describe: func() string {
+			return "check that every endpoint serves a certificate of the new CA, and the nodes are Ready"
+		},
 			Run: func(ctx context.Context) error { return e.verifyServing(ctx, c) }},
 	}, nil
 }
