@@ -194,7 +194,7 @@ func (h *harness) listeningSockets() {
 	h.t.Helper()
 	allowed := map[string][]string{
 		// control plane with stacked etcd
-		"cp1": {"sshd 22 any", "etcd 2379 node", "etcd 2379 lo", "etcd 2380 node", "etcd 2381 lo",
+		"cp1": {"sshd 22 any", "etcd 2379 node", "etcd 2380 node", "etcd 2381 lo",
 			"kube-apiserver 6443 any", "kube-controller 10257 lo", "kube-scheduler 10259 lo"},
 		// worker
 		"w1": {"sshd 22 any", "kubelet 10250 any", "kubelet 10248 lo", "kube-proxy 10249 lo", "kube-proxy 10256 any", "containerd * lo"},
