@@ -18,6 +18,7 @@ import (
 
 	"github.com/kubelab/kubelab/internal/components"
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/fsutil"
 	"github.com/kubelab/kubelab/internal/hostnet"
 	"github.com/kubelab/kubelab/internal/image"
 	"github.com/kubelab/kubelab/internal/nodeconfig"
@@ -648,7 +649,8 @@ func (e *Env) writeKubeconfigs(cls []plan.Cluster) error {
 			return err
 		}
 		path := e.Layout.Kubeconfig(c.Name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
+		// Replaced atomically: certs commands rewrite it while kubectl runs.
+		if err := fsutil.WriteFile(path, data, 0o600, 0o755); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.out(), "    kubectl --kubeconfig %s get nodes\n", path)

@@ -94,11 +94,16 @@ func TestLifecycleOverlay(t *testing.T) {
 }
 
 // TestLifecycleCloudInit runs the same cluster provisioned by cloud-init
-// (a NoCloud cidata ISO) instead of the overlay disk.
+// (a NoCloud cidata ISO) instead of the overlay disk, and rotates its
+// Kubernetes CA before the smoke check.
 func TestLifecycleCloudInit(t *testing.T) {
 	h := newHarness(t, "cloud-init")
 	before := h.residue()
 	h.kubelab(upTimeout, "up")
+	h.requireReady()
+	// The Kubernetes CA is rotated on this cluster; check then proves pods,
+	// services and DNS work under the new CA.
+	h.rotateKubernetesCA()
 	h.requireReady()
 	h.kubelab(checkTimeout, "check")
 	h.kubelab(shortTimeout, "destroy")

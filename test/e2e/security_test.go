@@ -364,3 +364,53 @@ func (h *harness) watchReady(node string) func() []string {
 		return bad
 	}
 }
+
+// rotateKubernetesCA rotates the cluster's Kubernetes CA on the running
+// cluster: afterwards every endpoint presents a certificate of the new
+// CA, a client certificate of the old CA is refused, a service-account
+// token made before the rotation still works, kubectl works with the
+// rewritten kubeconfig, and w1 was never seen NotReady.
+func (h *harness) rotateKubernetesCA() {
+	h.t.Helper()
+	oldCA := firstCert(readFile(h.t, h.pki("ca.crt")))
+	oldAdmin := filepath.Join(h.dir, "old-admin")
+	for _, ext := range []string{".crt", ".key"} {
+		if err := os.WriteFile(oldAdmin+ext, []byte(readFile(h.t, h.pki("admin"+ext))), 0o600); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	token, err := h.kubectl("create", "token", "default", "--duration=2h")
+	if err != nil {
+		h.t.Fatalf("create a service-account token: %v\n%s", err, token)
+	}
+	token = strings.TrimSpace(token)
+	stop := h.watchReady("w1")
+	h.kubelab(upTimeout, "certs", "rotate-ca", "--ca", "kubernetes")
+	if bad := stop(); len(bad) > 0 {
+		h.t.Errorf("w1 was not Ready during the CA rotation: %v", bad)
+	}
+
+	newCA := firstCert(readFile(h.t, h.pki("ca.crt")))
+	if newCA == nil || oldCA == nil || newCA.Equal(oldCA) {
+		h.t.Fatal("ca.crt was not replaced by a new CA")
+	}
+	for _, f := range []string{"ca.next.crt", "ca.next.key", "ca-rotation.json"} {
+		if _, err := os.Stat(h.pki(f)); !os.IsNotExist(err) {
+			h.t.Errorf("%s left in the PKI after the rotation: %v", f, err)
+		}
+	}
+	h.requireServed()
+	for _, f := range []string{"apiserver.crt", "kubelet-serving-w1.crt", "admin.crt", "kubelet-w1.crt"} {
+		if c := firstCert(readFile(h.t, h.pki(f))); c == nil || c.CheckSignatureFrom(newCA) != nil {
+			h.t.Errorf("%s is not signed by the new CA", f)
+		}
+	}
+	api := "https://" + h.nodeAddrs()["cp1"] + ":6443/api"
+	ca := []string{"--cacert", h.pki("ca.crt")}
+	h.expectCode("API server, admin certificate of the old CA", api, "401", append(slices.Clone(ca), "--cert", oldAdmin+".crt", "--key", oldAdmin+".key")...)
+	h.expectCode("API server, admin certificate of the new CA", api, "200", append(slices.Clone(ca), "--cert", h.pki("admin.crt"), "--key", h.pki("admin.key"))...)
+	h.expectCode("API server, service-account token from before the rotation", api, "200", append(slices.Clone(ca), "-H", "Authorization: Bearer "+token)...)
+	if out, err := h.kubectl("get", "nodes"); err != nil {
+		h.t.Errorf("kubectl with the rewritten kubeconfig: %v\n%s", err, out)
+	}
+}
