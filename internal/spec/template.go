@@ -92,6 +92,11 @@ defaults:
 # sshKeys:
 #   - ~/.ssh/id_ed25519.pub
 
+# Lifetimes of certificates issued from now on (kubelab certs renew re-issues).
+# certificates:
+#   caValidity: %s
+#   leafValidity: %s
+
 clusters:
   - name: k1
     index: 1               # owns .10-.19 of the lab network; cluster k owns .10k-.10k+9
@@ -105,7 +110,7 @@ clusters:
     # butane: [extra.bu]   # Butane snippets merged into Ignition configs
     nodes:
 `, topology, t.about, APIVersion, Kind, DefaultLabName, DefaultHypervisor, DefaultLabCIDR, DefaultLabName,
-		DefaultImage, DefaultCPUs, DefaultMemory, DefaultDisk, DefaultProvisioning,
+		DefaultImage, DefaultCPUs, DefaultMemory, DefaultDisk, DefaultProvisioning, DefaultCAValidity, DefaultLeafValidity,
 		defaultKubernetesVersion(), DefaultPodCIDR, DefaultServiceCIDR, PodNetworkRoutes)
 	for i, n := range t.nodes {
 		fmt.Fprintf(&b, "      - name: %s\n        roles: [%s]\n", n.name, n.roles)
