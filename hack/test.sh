@@ -2,9 +2,17 @@
 # The test command: installs what the tests need, builds (or reuses from
 # the cache) the node components, then runs every test, including the ones
 # that boot real VMs under QEMU inside network namespaces they create.
-# Usage: hack/test.sh [extra go test flags, e.g. -run TestX]
+# Usage: hack/test.sh [--e2e all] [extra go test flags, e.g. -run TestX]
+#   --e2e all  also runs the end-to-end scenarios that do not fit CI's time
+#              budget (listed in the README), on the same clusters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--e2e" ]; then
+  [ "${2:-}" = "all" ] || { echo "usage: hack/test.sh [--e2e all] [go test flags]" >&2; exit 2; }
+  export KUBELAB_E2E_EXTRA=1
+  shift 2
+fi
 
 hack/install-deps.sh
 export PATH="/usr/local/go/bin:$PATH"

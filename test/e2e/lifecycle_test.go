@@ -52,6 +52,9 @@ func TestLifecycleOverlay(t *testing.T) {
 	h.kubectl("delete", "namespace", "kubelab-check", "--wait=false")
 	h.securityProbes()
 	h.renewAndRotate()
+	if extraScenarios() {
+		h.rotateEtcdCA()
+	}
 
 	if out, err := h.kubectl("create", "configmap", "e2e-survives", "--from-literal=answer=42"); err != nil {
 		t.Fatalf("create configmap: %v\n%s", err, out)

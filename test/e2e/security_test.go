@@ -414,3 +414,41 @@ func (h *harness) rotateKubernetesCA() {
 		h.t.Errorf("kubectl with the rewritten kubeconfig: %v\n%s", err, out)
 	}
 }
+
+// extraScenarios: the scenarios that do not fit the CI budget run when
+// hack/test.sh --e2e all sets KUBELAB_E2E_EXTRA=1 (see the README's
+// end-to-end table for when they last passed).
+func extraScenarios() bool { return os.Getenv("KUBELAB_E2E_EXTRA") == "1" }
+
+// rotateEtcdCA rotates the etcd CA on the running cluster: afterwards etcd
+// presents certificates of the new CA, a client certificate of the old CA
+// is refused, the API server (an etcd client) reads the Secret, and w1
+// was never seen NotReady.
+func (h *harness) rotateEtcdCA() {
+	h.t.Helper()
+	old := filepath.Join(h.dir, "old-etcd-client")
+	for _, ext := range []string{".crt", ".key"} {
+		if err := os.WriteFile(old+ext, []byte(readFile(h.t, h.pki("etcd/apiserver-client"+ext))), 0o600); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	oldCA := firstCert(readFile(h.t, h.pki("etcd/ca.crt")))
+	stop := h.watchReady("w1")
+	h.kubelab(upTimeout, "certs", "rotate-ca", "--ca", "etcd")
+	if bad := stop(); len(bad) > 0 {
+		h.t.Errorf("w1 was not Ready during the etcd CA rotation: %v", bad)
+	}
+	newCA := firstCert(readFile(h.t, h.pki("etcd/ca.crt")))
+	if newCA == nil || oldCA == nil || newCA.Equal(oldCA) {
+		h.t.Fatal("etcd/ca.crt was not replaced by a new CA")
+	}
+	h.requireServed()
+	etcd := "https://" + h.nodeAddrs()["cp1"] + ":2379/health"
+	ca := []string{"--cacert", h.pki("etcd/ca.crt")}
+	h.expectCode("etcd, client certificate of the old etcd CA", etcd, "000", append(slices.Clone(ca), "--cert", old+".crt", "--key", old+".key")...)
+	h.expectCode("etcd, client certificate of the new etcd CA", etcd, "200",
+		append(slices.Clone(ca), "--cert", h.pki("etcd/apiserver-client.crt"), "--key", h.pki("etcd/apiserver-client.key"))...)
+	if out, err := h.kubectl("get", "secret", "probe", "-o", "name"); err != nil {
+		h.t.Errorf("the API server reads from etcd after the rotation: %v\n%s", err, out)
+	}
+}
