@@ -26,6 +26,17 @@ func UserKubeconfig() (string, error) {
 // cluster and user entries) into the kubeconfig at path, replacing entries
 // of the same name and leaving everything else as it was.
 func MergeContext(path string, clusterKubeconfig []byte) (string, error) {
+	return mergeContext(path, clusterKubeconfig, false)
+}
+
+// UpdateContext is MergeContext for a kubeconfig that already holds the
+// context: after new credentials or CAs, the user's context keeps working.
+// It returns "" and changes nothing when the context is not there.
+func UpdateContext(path string, clusterKubeconfig []byte) (string, error) {
+	return mergeContext(path, clusterKubeconfig, true)
+}
+
+func mergeContext(path string, clusterKubeconfig []byte, onlyExisting bool) (string, error) {
 	src, err := clientcmd.Load(clusterKubeconfig)
 	if err != nil {
 		return "", fmt.Errorf("read cluster kubeconfig: %w", err)
@@ -38,6 +49,9 @@ func MergeContext(path string, clusterKubeconfig []byte) (string, error) {
 	ctx, ok := src.Contexts[name]
 	if !ok {
 		return "", fmt.Errorf("cluster kubeconfig has no current context %q", name)
+	}
+	if _, present := dst.Contexts[name]; onlyExisting && !present {
+		return "", nil
 	}
 	dst.Contexts[name] = ctx
 	dst.Clusters[ctx.Cluster] = src.Clusters[ctx.Cluster]

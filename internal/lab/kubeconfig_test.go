@@ -62,3 +62,29 @@ func TestRemoveDeletesFileKubelabCreated(t *testing.T) {
 		t.Fatalf("directory kubelab created is still there: %v", err)
 	}
 }
+
+// TestUpdateContextOnlyWhenPresent: certs commands refresh a context an
+// earlier up merged, and add none to a kubeconfig without it.
+func TestUpdateContextOnlyWhenPresent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(path, kubeconfigWith(t, "mine", "https://example.invalid"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	if name, err := UpdateContext(path, kubeconfigWith(t, "kubelab-lab-k1", "https://192.168.100.10:6443")); err != nil || name != "" {
+		t.Fatalf("update without the context: %q %v", name, err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatal("update without the context changed the file")
+	}
+	if _, err := MergeContext(path, kubeconfigWith(t, "kubelab-lab-k1", "https://192.168.100.10:6443")); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := UpdateContext(path, kubeconfigWith(t, "kubelab-lab-k1", "https://192.168.100.11:6443")); err != nil || name != "kubelab-lab-k1" {
+		t.Fatalf("update: %q %v", name, err)
+	}
+	cfg, _ := clientcmd.LoadFromFile(path)
+	if got := cfg.Clusters[cfg.Contexts["kubelab-lab-k1"].Cluster].Server; got != "https://192.168.100.11:6443" || cfg.Contexts["mine"] == nil {
+		t.Errorf("after update: server %s, contexts %v", got, cfg.Contexts)
+	}
+}

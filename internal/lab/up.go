@@ -654,6 +654,19 @@ func (e *Env) writeKubeconfigs(cls []plan.Cluster) error {
 			return err
 		}
 		fmt.Fprintf(e.out(), "    kubectl --kubeconfig %s get nodes\n", path)
+		if !e.MergeKubeconfig {
+			// A context merged by an earlier up gets the new credentials.
+			user, err := UserKubeconfig()
+			if err != nil {
+				return err
+			}
+			if name, err := UpdateContext(user, data); err != nil {
+				return err
+			} else if name != "" {
+				fmt.Fprintf(e.out(), "    context %s in %s updated\n", name, user)
+			}
+			continue
+		}
 		if e.MergeKubeconfig {
 			user, err := UserKubeconfig()
 			if err != nil {
