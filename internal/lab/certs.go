@@ -292,7 +292,17 @@ func (e *Env) waitRestarted(ctx context.Context, c plan.Cluster, n plan.Node, un
 			}
 		}))
 	case "kubelet.service":
-		return check(func(ctx context.Context) error { return e.leaseRenewed(ctx, c, "kube-node-lease", n.Name, since) })
+		if err := check(func(ctx context.Context) error { return e.leaseRenewed(ctx, c, "kube-node-lease", n.Name, since) }); err != nil {
+			return err
+		}
+		// A starting kubelet reports NotReady for a few seconds before its
+		// runtime checks pass; wait (a bounded while) for its own Ready.
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		if err := poll(rctx, 3*time.Second, func(ctx context.Context) error { return e.readySince(ctx, c, n.Name, since) }); err != nil {
+			fmt.Fprintf(e.out(), "    %s: no Ready status from the restarted kubelet within a minute (%v); going on\n", n.Name, err)
+		}
+		return nil
 	case "kube-controller-manager.service":
 		return check(func(ctx context.Context) error {
 			return e.leaseRenewed(ctx, c, "kube-system", "kube-controller-manager", since)
@@ -338,6 +348,31 @@ func (e *Env) leaseRenewed(ctx context.Context, c plan.Cluster, namespace, name 
 		return fmt.Errorf("lease %s/%s last renewed %v, before the restart", namespace, name, l.Spec.RenewTime)
 	}
 	return nil
+}
+
+// readySince checks that node reports Ready, in a status its kubelet
+// posted after since (node clock).
+func (e *Env) readySince(ctx context.Context, c plan.Cluster, node string, since time.Time) error {
+	cs, err := e.clientset(c)
+	if err != nil {
+		return err
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	nd, err := cs.CoreV1().Nodes().Get(qctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, cond := range nd.Status.Conditions {
+		if cond.Type != "Ready" {
+			continue
+		}
+		if cond.Status != "True" || !cond.LastHeartbeatTime.After(since) {
+			return fmt.Errorf("Ready=%s (%s), last reported %s", cond.Status, cond.Reason, cond.LastHeartbeatTime.Format(time.RFC3339))
+		}
+		return nil
+	}
+	return fmt.Errorf("node %s has no Ready condition", node)
 }
 
 // proxySynced asks kube-proxy's health endpoint whether it synced its
