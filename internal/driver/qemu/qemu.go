@@ -345,6 +345,11 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 	return d.launch(ctx, m)
 }
 
+// errExitedAtStart: QEMU daemonized but was gone at once. With -incoming
+// that is how a state that does not fit the machine fails, when loading
+// is quick.
+var errExitedAtStart = errors.New("QEMU exited right after starting")
+
 // launch runs QEMU for a machine that does not run, with extra arguments
 // (-incoming for a saved state), and returns once it has daemonized.
 func (d *Driver) launch(ctx context.Context, m driver.Machine, extra ...string) error {
@@ -383,7 +388,7 @@ func (d *Driver) launch(ctx context.Context, m driver.Machine, extra ...string) 
 		return fmt.Errorf("machine %s: start QEMU (see %s): %w\n%s", m.ID(), filepath.Join(m.Dir, ScriptFile), err, strings.TrimSpace(string(out)))
 	}
 	if _, alive := d.process(m); !alive {
-		return fmt.Errorf("machine %s: QEMU exited right after starting; see %s\n%s", m.ID(), d.ConsolePath(m), strings.TrimSpace(string(out)))
+		return fmt.Errorf("machine %s: %w; see %s\n%s", m.ID(), errExitedAtStart, d.ConsolePath(m), strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -177,7 +177,13 @@ func (d *Driver) RestoreState(ctx context.Context, m driver.Machine, dir string)
 // loaded; the guest is then paused (it was paused when saved).
 // launched, if given, runs once QEMU runs (before the state is loaded).
 func (d *Driver) startFromState(ctx context.Context, m driver.Machine, state string, launched ...func() error) error {
+	loadFailed := func() error {
+		return fmt.Errorf("machine %s: QEMU exited while loading the saved state %s: it was saved by another QEMU version or machine configuration, or is damaged", m.ID(), state)
+	}
 	if err := d.launch(ctx, m, "-incoming", "exec:cat "+shellQuote(state)); err != nil {
+		if errors.Is(err, errExitedAtStart) {
+			return fmt.Errorf("%w (%v)", loadFailed(), err)
+		}
 		return err
 	}
 	for _, f := range launched {
@@ -189,7 +195,7 @@ func (d *Driver) startFromState(ctx context.Context, m driver.Machine, state str
 	defer t.Stop()
 	for {
 		if _, alive := d.process(m); !alive {
-			return fmt.Errorf("machine %s: QEMU exited while loading the saved state %s: it was saved by another QEMU version or machine configuration, or is damaged", m.ID(), state)
+			return loadFailed()
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		q, err := dialQMP(qctx, QMPPath(m))
