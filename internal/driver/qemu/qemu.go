@@ -9,7 +9,6 @@ package qemu
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,18 +22,18 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
-	"github.com/kubelab/kubelab/internal/render/cloudinit"
+	"github.com/kubelab/kubelab/internal/driver/media"
 	"github.com/kubelab/kubelab/internal/versions"
 )
 
 // Files the driver makes in a machine's Dir. Delete removes exactly these.
 const (
-	DiskFile    = "disk.qcow2"
+	DiskFile    = media.DiskFile
 	ConsoleFile = "console.log"
 	PIDFile     = "qemu.pid"
 	QMPFile     = "qmp.sock"
 	ScriptFile  = "qemu.sh" // the command line, for people to read (and run)
-	CIDataFile  = "cidata.iso"
+	CIDataFile  = media.CIDataFile
 	// StartLogFile holds what QEMU printed while starting.
 	StartLogFile = "qemu-start.log"
 )
@@ -151,148 +150,44 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 	return d.prepareConfig(m)
 }
 
-// createDisk makes the overlay under a temporary name first, so an
-// interrupted Create never leaves a half-made disk that would be reused.
+// createDisk makes the node disk, an overlay on the base image.
 func (d *Driver) createDisk(ctx context.Context, m driver.Machine) error {
-	base, err := filepath.Abs(m.BaseImage)
-	if err != nil {
-		return fmt.Errorf("machine %s: %w", m.ID(), err)
-	}
-	baseSize, err := d.virtualSize(ctx, base)
-	if err != nil {
-		return fmt.Errorf("machine %s: base image: %w", m.ID(), err)
-	}
-	disk := filepath.Join(m.Dir, DiskFile)
-	tmp := disk + ".tmp"
-	args := []string{"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", tmp}
-	if want := gib(m.DiskGiB); want > baseSize {
-		args = append(args, strconv.FormatUint(m.DiskGiB, 10)+"G")
-	}
-	_ = os.Remove(tmp)
-	if out, err := exec.CommandContext(ctx, d.opts.QEMUImg, args...).CombinedOutput(); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("machine %s: create disk overlay on %s: %s %s: %w\n%s", m.ID(), base, d.opts.QEMUImg, strings.Join(args, " "), err, out)
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fmt.Errorf("machine %s: %w", m.ID(), err)
-	}
-	if err := os.Rename(tmp, disk); err != nil {
+	if err := d.media().CreateOverlay(ctx, m.BaseImage, filepath.Join(m.Dir, DiskFile), m.DiskGiB); err != nil {
 		return fmt.Errorf("machine %s: %w", m.ID(), err)
 	}
 	return nil
 }
+
+func (d *Driver) media() media.Tools { return media.Tools{QEMUImg: d.opts.QEMUImg} }
 
 // growDisk resizes an existing overlay up to DiskGiB while the machine is
 // not running (QEMU holds a write lock on a disk in use; the next Create
 // after a stop catches up).
 func (d *Driver) growDisk(ctx context.Context, m driver.Machine) error {
-	if m.DiskGiB == 0 {
-		return nil
-	}
 	if _, alive := d.process(m); alive {
 		return nil
 	}
-	disk := filepath.Join(m.Dir, DiskFile)
-	size, err := d.virtualSize(ctx, disk)
-	if err != nil {
+	if err := d.media().Grow(ctx, filepath.Join(m.Dir, DiskFile), m.DiskGiB); err != nil {
 		return fmt.Errorf("machine %s: %w", m.ID(), err)
 	}
-	if size >= gib(m.DiskGiB) {
-		return nil
-	}
-	want := strconv.FormatUint(m.DiskGiB, 10) + "G"
-	if out, err := exec.CommandContext(ctx, d.opts.QEMUImg, "resize", "-q", "-f", "qcow2", disk, want).CombinedOutput(); err != nil {
-		return fmt.Errorf("machine %s: grow %s to %s: %w\n%s", m.ID(), disk, want, err, out)
-	}
 	return nil
 }
-
-func gib(n uint64) uint64 { return n << 30 }
 
 func (d *Driver) virtualSize(ctx context.Context, image string) (uint64, error) {
-	// -U: the image may be open by a running QEMU.
-	out, err := exec.CommandContext(ctx, d.opts.QEMUImg, "info", "-U", "--output=json", image).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return 0, fmt.Errorf("qemu-img info %s: %w\n%s", image, err, ee.Stderr)
-		}
-		return 0, fmt.Errorf("qemu-img info %s: %w", image, err)
-	}
-	var info struct {
-		VirtualSize uint64 `json:"virtual-size"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return 0, fmt.Errorf("qemu-img info %s: %w", image, err)
-	}
-	return info.VirtualSize, nil
+	return d.media().VirtualSize(ctx, image)
 }
 
-// prepareConfig checks the configuration medium and builds the cidata ISO
-// when cloud-init is given as a directory (again whenever a source file is
-// newer than the ISO).
+// prepareConfig checks the configuration medium (building the cidata ISO
+// when needed); a template's machine gets its overlay padded to the
+// template's config disk size.
 func (d *Driver) prepareConfig(m driver.Machine) error {
-	c := m.Config
-	switch c.Kind {
-	case driver.ConfigNone:
-		return nil
-	case driver.ConfigOverlay:
-		st, err := os.Stat(c.Path)
-		if err != nil {
-			return fmt.Errorf("machine %s: overlay config: %w", m.ID(), err)
-		}
-		if st.IsDir() || st.Size()%512 != 0 || st.Size() == 0 {
-			return fmt.Errorf("machine %s: overlay config %s must be a tar file whose size is a non-zero multiple of 512 bytes (it is attached as a raw disk)", m.ID(), c.Path)
-		}
-		if m.Template != "" {
-			return padTemplateConfig(m)
-		}
-	case driver.ConfigIgnition:
-		st, err := os.Stat(c.Path)
-		if err != nil {
-			return fmt.Errorf("machine %s: ignition config: %w", m.ID(), err)
-		}
-		if st.IsDir() {
-			return fmt.Errorf("machine %s: ignition config %s is a directory, want the JSON file", m.ID(), c.Path)
-		}
-	case driver.ConfigCloudInit:
-		st, err := os.Stat(c.Path)
-		if err != nil {
-			return fmt.Errorf("machine %s: cloud-init config: %w", m.ID(), err)
-		}
-		if !st.IsDir() {
-			return nil // a ready seed ISO
-		}
-		iso := filepath.Join(m.Dir, CIDataFile)
-		if fresh, err := isoFresh(iso, c.Path); err != nil {
-			return fmt.Errorf("machine %s: %w", m.ID(), err)
-		} else if fresh {
-			return nil
-		}
-		if err := cloudinit.WriteISO(c.Path, iso); err != nil {
-			return fmt.Errorf("machine %s: %w", m.ID(), err)
-		}
+	if err := media.PrepareConfig(m); err != nil {
+		return err
+	}
+	if m.Template != "" && m.Config.Kind == driver.ConfigOverlay {
+		return padTemplateConfig(m)
 	}
 	return nil
-}
-
-func isoFresh(iso, srcDir string) (bool, error) {
-	st, err := os.Stat(iso)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	} else if err != nil {
-		return false, err
-	}
-	for _, name := range []string{cloudinit.UserData, cloudinit.MetaData, cloudinit.NetworkConfig} {
-		src, err := os.Stat(filepath.Join(srcDir, name))
-		if err != nil {
-			return false, fmt.Errorf("cloud-init config: %w", err)
-		}
-		if src.ModTime().After(st.ModTime()) {
-			return false, nil
-		}
-	}
-	return true, nil
 }
 
 // configMedium is the file attached for the machine's configuration.
@@ -300,13 +195,7 @@ func configMedium(m driver.Machine) string {
 	if m.Template != "" && m.Config.Kind == driver.ConfigOverlay {
 		return filepath.Join(m.Dir, TemplateConfigFile)
 	}
-	if m.Config.Kind == driver.ConfigCloudInit {
-		if st, err := os.Stat(m.Config.Path); err == nil && !st.IsDir() {
-			return m.Config.Path
-		}
-		return filepath.Join(m.Dir, CIDataFile)
-	}
-	return m.Config.Path
+	return media.ConfigFile(m)
 }
 
 // Start implements driver.Driver. A machine that runs already (its pid file
