@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,8 +194,8 @@ func TestShellQuote(t *testing.T) {
 // disk on a base, the size check of the overlay tar, the cidata ISO built
 // from a cloud-init directory and rebuilt when a source changes.
 func TestCreateConfigMedia(t *testing.T) {
-	requireTool(t, "qemu-img")
-	requireTool(t, "genisoimage")
+	drivertest.RequireTool(t, "qemu-img")
+	drivertest.RequireTool(t, "genisoimage")
 	work := t.TempDir()
 	base := filepath.Join(work, "base.qcow2")
 	if err := runCmd("qemu-img", "create", "-q", "-f", "qcow2", base, "2G"); err != nil {

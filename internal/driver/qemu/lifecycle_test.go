@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,25 +43,25 @@ func mustState(t testing.TB, d *Driver, m driver.Machine, want driver.State) {
 // delete leaves nothing.
 func TestLifecycleInitramfs(t *testing.T) {
 	requireVMs(t)
-	tn := newTestNet(t)
+	tn := drivertest.NewNet(t, "qemu")
 	work := t.TempDir()
-	kernel := testKernel(t)
+	kernel := drivertest.TestKernel(t)
 	initrd := filepath.Join(work, "initramfs.cpio")
-	marker := "KLTEST-MARKER-" + randHex(4)
-	busyboxInitramfs(t, initrd, marker)
+	marker := "KLTEST-MARKER-" + drivertest.RandHex(4)
+	drivertest.BusyboxInitramfs(t, initrd, marker)
 	base := filepath.Join(work, "base.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
 	overlay := filepath.Join(work, "overlay.tar")
-	if err := writeOverlay(overlay, []tarFile{{"etc/hello", 0o644, "hi\n"}}); err != nil {
+	if err := drivertest.WriteOverlay(overlay, []drivertest.TarFile{{Name: "etc/hello", Mode: 0o644, Body: "hi\n"}}); err != nil {
 		t.Fatal(err)
 	}
 	m := driver.Machine{
-		Lab: "kltest", Name: "bb-" + randHex(2), Dir: filepath.Join(work, "node"),
+		Lab: "kltest", Name: "bb-" + drivertest.RandHex(2), Dir: filepath.Join(work, "node"),
 		CPUs: 1, MemoryMiB: 256, DiskGiB: 1, BaseImage: base,
 		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 kltest=" + strings.ToLower(marker),
-		MAC: "52:54:00:12:34:56", Tap: tn.tap, Netns: tn.ns,
+		MAC: "52:54:00:12:34:56", Tap: tn.Tap, Netns: tn.NS,
 		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
 	}
 	// The busybox guest has no ACPI handler: Stop falls back to quit.
@@ -128,7 +129,7 @@ func TestLifecycleInitramfs(t *testing.T) {
 	if vmNS == "" || vmNS == hostNS {
 		t.Errorf("QEMU's network namespace %q is the host's %q", vmNS, hostNS)
 	}
-	if script, err := os.ReadFile(filepath.Join(m.Dir, ScriptFile)); err != nil || !strings.Contains(string(script), "ip netns exec "+tn.ns) {
+	if script, err := os.ReadFile(filepath.Join(m.Dir, ScriptFile)); err != nil || !strings.Contains(string(script), "ip netns exec "+tn.NS) {
 		t.Errorf("%s does not show the command: %v\n%s", ScriptFile, err, script)
 	}
 
@@ -208,7 +209,7 @@ func TestLifecycleInitramfs(t *testing.T) {
 	}
 	if pid2 := d.PID(m); pid2 == 0 {
 		t.Error("no pid after restart")
-	} else if rss, err := rssKiB(pid2); err == nil {
+	} else if rss, err := drivertest.RSSKiB(pid2); err == nil {
 		t.Logf("QEMU RSS, busybox guest (%s): %d MiB", accel, rss>>10)
 	}
 

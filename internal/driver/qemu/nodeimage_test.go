@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"io"
 	"os"
 	"path/filepath"
@@ -28,7 +29,7 @@ import (
 // boot. It logs the boot time to the marker and the idle QEMU RSS.
 func TestNodeImage(t *testing.T) {
 	requireVMs(t)
-	img := ensureNodeImage(t)
+	img := drivertest.EnsureNodeImage(t)
 	manifest, err := image.ReadManifest(img)
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +39,7 @@ func TestNodeImage(t *testing.T) {
 		bootNodeImage(t, img, config, verify)
 	})
 	t.Run("cloud-init", func(t *testing.T) {
-		bootNodeImage(t, img, func(tn testNet, work, host string) (driver.Config, string) {
+		bootNodeImage(t, img, func(tn drivertest.Net, work, host string) (driver.Config, string) {
 			dir := filepath.Join(work, "cloud-init")
 			files := map[string]string{
 				cloudinit.MetaData: "instance-id: " + host + "\nlocal-hostname: " + host + "\n",
@@ -46,7 +47,7 @@ func TestNodeImage(t *testing.T) {
 				// The shape render/cloudinit writes (bookworm's cloud-init 22.4
 				// does not know "to: default").
 				cloudinit.NetworkConfig: fmt.Sprintf("version: 2\nethernets:\n  eth0:\n    match: {macaddress: '%s'}\n    set-name: eth0\n    addresses: [%s/24]\n    routes: [{to: 0.0.0.0/0, via: %s}]\n",
-					testMAC, tn.guestAddr, tn.hostAddr),
+					testMAC, tn.GuestAddr, tn.HostAddr),
 			}
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
@@ -66,19 +67,19 @@ const testMAC = "52:54:00:4e:31:02"
 // bootNodeImage runs one node through the whole lifecycle; config makes its
 // configuration medium and kernel command line; verify, if set, checks the
 // console once the node is ready.
-func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host string) (driver.Config, string),
+func bootNodeImage(t testing.TB, img string, config func(tn drivertest.Net, work, host string) (driver.Config, string),
 	verify func(t testing.TB, console string)) (bootSeconds float64, rssMiB int) {
-	tn := newTestNet(t)
+	tn := drivertest.NewNet(t, "qemu")
 	work := t.TempDir()
 	host := "kltest-" + strings.ReplaceAll(filepath.Base(t.Name()), "-", "")
 	cfg, cmdline := config(tn, work, host)
 	m := driver.Machine{
-		Lab: "kltest", Name: "node-" + randHex(2), Dir: filepath.Join(work, "node"),
+		Lab: "kltest", Name: "node-" + drivertest.RandHex(2), Dir: filepath.Join(work, "node"),
 		CPUs: 1, MemoryMiB: 1024, DiskGiB: 10,
 		BaseImage: filepath.Join(img, "disk.qcow2"),
 		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
 		Cmdline: cmdline,
-		MAC:     testMAC, Tap: tn.tap, Netns: tn.ns,
+		MAC:     testMAC, Tap: tn.Tap, Netns: tn.NS,
 		Config: cfg,
 	}
 	d := New(Options{})
@@ -129,12 +130,12 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 	}
 
 	// The NIC works: the node's sshd answers inside the test's namespace.
-	if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
-		t.Errorf("ssh banner of %s in %s: %q, %v", tn.guestAddr, tn.ns, banner, err)
+	if banner, err := tn.Banner(tn.GuestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+		t.Errorf("ssh banner of %s in %s: %q, %v", tn.GuestAddr, tn.NS, banner, err)
 	}
 
 	time.Sleep(15 * time.Second) // let the boot settle before measuring
-	if rss, err := rssKiB(d.PID(m)); err == nil {
+	if rss, err := drivertest.RSSKiB(d.PID(m)); err == nil {
 		rssMiB = rss >> 10
 		t.Logf("QEMU RSS, idle node (%s, %d MiB guest): %d MiB", accel, m.MemoryMiB, rssMiB)
 	}
@@ -173,13 +174,13 @@ func bootNodeImage(t testing.TB, img string, config func(tn testNet, work, host 
 }
 
 // overlayConfig is the overlay-disk configuration of a test node.
-func overlayConfig(t testing.TB, manifest image.Manifest) func(tn testNet, work, host string) (driver.Config, string) {
-	return func(tn testNet, work, host string) (driver.Config, string) {
+func overlayConfig(t testing.TB, manifest image.Manifest) func(tn drivertest.Net, work, host string) (driver.Config, string) {
+	return func(tn drivertest.Net, work, host string) (driver.Config, string) {
 		overlay := filepath.Join(work, "overlay.tar")
-		err := writeOverlay(overlay, []tarFile{
-			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
-				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
-			{"etc/kubelab/overlay.json", 0o644, `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
+		err := drivertest.WriteOverlay(overlay, []drivertest.TarFile{
+			{Name: "etc/systemd/network/10-eth0.network", Mode: 0o644, Body: fmt.Sprintf(
+				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.GuestAddr, tn.HostAddr)},
+			{Name: "etc/kubelab/overlay.json", Mode: 0o644, Body: `{"enable":[],"mask":[],"hostname":"` + host + `"}`},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -194,7 +195,7 @@ func overlayConfig(t testing.TB, manifest image.Manifest) func(tn testNet, work,
 // marker, what containerd holds on the console: each image that is
 // complete and unpacked for overlayfs, and whether kubelab-images ran.
 // verify checks that console.
-func workerOverlay(t testing.TB, manifest image.Manifest) (config func(tn testNet, work, host string) (driver.Config, string), verify func(t testing.TB, console string)) {
+func workerOverlay(t testing.TB, manifest image.Manifest) (config func(tn drivertest.Net, work, host string) (driver.Config, string), verify func(t testing.TB, console string)) {
 	vs := versions.Default()
 	if p := manifest.Components["Pause"]; p != "" {
 		vs.Pause = p
@@ -202,23 +203,23 @@ func workerOverlay(t testing.TB, manifest image.Manifest) (config func(tn testNe
 	if c := manifest.Components["CoreDNS"]; c != "" {
 		vs.CoreDNS = c
 	}
-	config = func(tn testNet, work, host string) (driver.Config, string) {
+	config = func(tn drivertest.Net, work, host string) (driver.Config, string) {
 		overlay := filepath.Join(work, "overlay.tar")
-		err := writeOverlay(overlay, []tarFile{
-			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
-				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.guestAddr, tn.hostAddr)},
-			{strings.TrimPrefix(nodeconfig.ContainerdConf, "/"), 0o644, nodeconfig.ContainerdConfig(vs)},
-			{"etc/systemd/system/containerd.service", 0o644, "[Unit]\nAfter=network.target local-fs.target\n\n[Service]\n" +
+		err := drivertest.WriteOverlay(overlay, []drivertest.TarFile{
+			{Name: "etc/systemd/network/10-eth0.network", Mode: 0o644, Body: fmt.Sprintf(
+				"[Match]\nName=eth0\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", tn.GuestAddr, tn.HostAddr)},
+			{Name: strings.TrimPrefix(nodeconfig.ContainerdConf, "/"), Mode: 0o644, Body: nodeconfig.ContainerdConfig(vs)},
+			{Name: "etc/systemd/system/containerd.service", Mode: 0o644, Body: "[Unit]\nAfter=network.target local-fs.target\n\n[Service]\n" +
 				"ExecStartPre=-/sbin/modprobe overlay\nExecStart=" + versions.NodeBinDir + "/containerd --config " + nodeconfig.ContainerdConf +
 				"\nType=notify\nDelegate=yes\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"},
-			{"usr/local/lib/kltest-images", 0o755, `#!/bin/sh
+			{Name: "usr/local/lib/kltest-images", Mode: 0o755, Body: `#!/bin/sh
 ctr -n k8s.io images check -q --snapshotter overlayfs | sed 's/^/KLTEST-UNPACKED /' >/dev/ttyS0
 echo "KLTEST-IMPORT-SERVICE $(systemctl show -p ConditionResult -p ExecMainStartTimestampMonotonic kubelab-images | sort | tr '\n' ' ')" >/dev/ttyS0
 `},
-			{"etc/systemd/system/kltest-images.service", 0o644, "[Unit]\nRequires=containerd.service\n" +
+			{Name: "etc/systemd/system/kltest-images.service", Mode: 0o644, Body: "[Unit]\nRequires=containerd.service\n" +
 				"After=containerd.service kubelab-images.service\nBefore=kubelab-ready.service\n\n" +
 				"[Service]\nType=oneshot\nExecStart=/usr/local/lib/kltest-images\n\n[Install]\nWantedBy=multi-user.target\n"},
-			{"etc/kubelab/overlay.json", 0o644, `{"enable":["containerd.service","kltest-images.service"],"mask":[],"hostname":"` + host + `"}`},
+			{Name: "etc/kubelab/overlay.json", Mode: 0o644, Body: `{"enable":["containerd.service","kltest-images.service"],"mask":[],"hostname":"` + host + `"}`},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -256,7 +257,7 @@ echo "KLTEST-IMPORT-SERVICE $(systemctl show -p ConditionResult -p ExecMainStart
 // go test -run '^$' -bench NodeBoot -benchtime 1x ./internal/driver/qemu
 func BenchmarkNodeBoot(b *testing.B) {
 	requireVMs(b)
-	img := ensureNodeImage(b)
+	img := drivertest.EnsureNodeImage(b)
 	manifest, err := image.ReadManifest(img)
 	if err != nil {
 		b.Fatal(err)
@@ -272,41 +273,6 @@ func BenchmarkNodeBoot(b *testing.B) {
 	b.ReportMetric(float64(rss)/float64(b.N), "MiB-rss")
 }
 
-// ensureNodeImage returns the node image built from the newest cached
-// components (image.Build reuses a cached image with the same inputs, and
-// builds it otherwise: the image package's tests may run after this one),
-// else the newest image in the cache.
-func ensureNodeImage(t testing.TB) string {
-	t.Helper()
-	cache, err := image.DefaultCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	compDir := os.Getenv("KUBELAB_TEST_COMPONENTS")
-	if compDir == "" {
-		compDir, err = image.NewestComponents(cache)
-	}
-	if err == nil {
-		requireTool(t, "mmdebstrap")
-		comps, err := image.LoadComponents(compDir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		built, err := image.Build(context.Background(), image.BuildOptions{Components: comps, CacheDir: cache})
-		if err != nil {
-			t.Fatalf("build the node image: %v", err)
-		}
-		t.Logf("node image %s (cached: %v, %.1fs)", built.Dir, built.Cached, time.Since(start).Seconds())
-		return built.Dir
-	}
-	dir, err2 := nodeImage()
-	if err2 != nil {
-		missing(t, fmt.Sprintf("no node image and no components to build one: %v; %v", err, err2))
-	}
-	return dir
-}
-
 // TestNodeTemplate makes a template from kubelab's node image and starts
 // two nodes from it, one after the other, each with a worker's overlay:
 // each resumes the saved guest instead of booting, applies its own
@@ -316,7 +282,7 @@ func ensureNodeImage(t testing.TB) string {
 // node made from it boots normally from its own disk after a stop.
 func TestNodeTemplate(t *testing.T) {
 	requireVMs(t)
-	img := ensureNodeImage(t)
+	img := drivertest.EnsureNodeImage(t)
 	manifest, err := image.ReadManifest(img)
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +296,7 @@ func TestNodeTemplate(t *testing.T) {
 	work := t.TempDir()
 	cmdline := manifest.KernelCmdline + " " + manifest.KernelCmdlineNoCloudInit
 	tm := driver.Machine{
-		Lab: "kltest", Name: "template-" + randHex(2), Dir: filepath.Join(work, "template"),
+		Lab: "kltest", Name: "template-" + drivertest.RandHex(2), Dir: filepath.Join(work, "template"),
 		CPUs: 1, MemoryMiB: 1024, DiskGiB: 10,
 		BaseImage: filepath.Join(img, "disk.qcow2"),
 		Kernel:    filepath.Join(img, "vmlinuz"), Initrd: filepath.Join(img, "initrd.img"),
@@ -369,7 +335,7 @@ func TestNodeTemplate(t *testing.T) {
 	type seen struct{ machineID, random string }
 	var nodes []seen
 	for i := 0; i < 2; i++ {
-		tn := newTestNet(t)
+		tn := drivertest.NewNet(t, "qemu")
 		host := fmt.Sprintf("kltest-tmpl%d", i)
 		nodeWork := filepath.Join(work, host)
 		if err := os.MkdirAll(nodeWork, 0o700); err != nil {
@@ -380,12 +346,12 @@ func TestNodeTemplate(t *testing.T) {
 		// a first random draw; and the network matched by MAC, as
 		// kubelab's nodes have it.
 		mac := fmt.Sprintf("52:54:00:4e:32:%02x", i+1)
-		extra := []tarFile{
-			{"etc/systemd/network/10-eth0.network", 0o644, fmt.Sprintf(
-				"[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", mac, tn.guestAddr, tn.hostAddr)},
-			{"usr/local/lib/kltest-identity", 0o755, "#!/bin/sh\n" +
+		extra := []drivertest.TarFile{
+			{Name: "etc/systemd/network/10-eth0.network", Mode: 0o644, Body: fmt.Sprintf(
+				"[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/24\nGateway=%s\nIPv6AcceptRA=no\nLinkLocalAddressing=no\n", mac, tn.GuestAddr, tn.HostAddr)},
+			{Name: "usr/local/lib/kltest-identity", Mode: 0o755, Body: "#!/bin/sh\n" +
 				"echo \"KLTEST-IDENTITY $(date -u +%s) $(cat /etc/machine-id) $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n') $(cat /sys/class/net/eth0/address)\" >/dev/ttyS0\n"},
-			{"etc/systemd/system/kltest-identity.service", 0o644, "[Unit]\nBefore=kubelab-ready.service\n\n" +
+			{Name: "etc/systemd/system/kltest-identity.service", Mode: 0o644, Body: "[Unit]\nBefore=kubelab-ready.service\n\n" +
 				"[Service]\nType=oneshot\nExecStart=/usr/local/lib/kltest-identity\n\n[Install]\nWantedBy=multi-user.target\n"},
 		}
 		if err := mergeOverlay(cfg.Path, extra, "kltest-identity.service"); err != nil {
@@ -395,7 +361,7 @@ func TestNodeTemplate(t *testing.T) {
 			Lab: "kltest", Name: host, Dir: filepath.Join(nodeWork, "node"),
 			CPUs: tm.CPUs, MemoryMiB: tm.MemoryMiB, DiskGiB: tm.DiskGiB,
 			BaseImage: tm.BaseImage, Kernel: tm.Kernel, Initrd: tm.Initrd, Cmdline: cmdline,
-			MAC: mac, Tap: tn.tap, Netns: tn.ns, Config: cfg, Template: tm.Dir,
+			MAC: mac, Tap: tn.Tap, Netns: tn.NS, Config: cfg, Template: tm.Dir,
 		}
 		cleanupMachine(t, d, m)
 		t0 = time.Now()
@@ -452,12 +418,12 @@ func TestNodeTemplate(t *testing.T) {
 			}
 		}
 		nodes = append(nodes, id)
-		if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
-			t.Errorf("%s: ssh banner of %s: %q, %v", host, tn.guestAddr, banner, err)
+		if banner, err := tn.Banner(tn.GuestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+			t.Errorf("%s: ssh banner of %s: %q, %v", host, tn.GuestAddr, banner, err)
 		}
 		if i == 0 {
 			time.Sleep(15 * time.Second) // let it settle before measuring
-			if rss, err := rssKiB(d.PID(m)); err == nil {
+			if rss, err := drivertest.RSSKiB(d.PID(m)); err == nil {
 				t.Logf("%s: QEMU RSS, idle node from the template (%d MiB guest): %d MiB", host, m.MemoryMiB, rss>>10)
 			}
 		}
@@ -481,8 +447,8 @@ func TestNodeTemplate(t *testing.T) {
 				t.Fatalf("%s: boot after stop: %v\n%s", host, err, tailLines(string(data), 60))
 			}
 			t.Logf("%s: boot from its own disk after a stop: %.1fs", host, time.Since(t0).Seconds())
-			if banner, err := tn.banner(tn.guestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
-				t.Errorf("%s after reboot: ssh banner of %s: %q, %v", host, tn.guestAddr, banner, err)
+			if banner, err := tn.Banner(tn.GuestAddr + ":22"); err != nil || !strings.HasPrefix(banner, "SSH-2.0-") {
+				t.Errorf("%s after reboot: ssh banner of %s: %q, %v", host, tn.GuestAddr, banner, err)
 			}
 		}
 		if err := d.Delete(ctx, m); err != nil {
@@ -494,19 +460,19 @@ func TestNodeTemplate(t *testing.T) {
 	}
 }
 
-// mergeOverlay adds files to an overlay tar written by writeOverlay and
+// mergeOverlay adds files to an overlay tar written by drivertest.WriteOverlay and
 // adds units to its overlay.json's enable list.
-func mergeOverlay(path string, extra []tarFile, enable ...string) error {
+func mergeOverlay(path string, extra []drivertest.TarFile, enable ...string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	var files []tarFile
+	var files []drivertest.TarFile
 	tr := tar.NewReader(f)
 	replaced := map[string]bool{}
 	for _, e := range extra {
-		replaced[e.name] = true
+		replaced[e.Name] = true
 	}
 	for {
 		hdr, err := tr.Next()
@@ -529,7 +495,7 @@ func mergeOverlay(path string, extra []tarFile, enable ...string) error {
 				s = strings.Replace(s, `"enable":[`, `"enable":["`+u+`",`, 1)
 			}
 		}
-		files = append(files, tarFile{hdr.Name, hdr.Mode, s})
+		files = append(files, drivertest.TarFile{Name: hdr.Name, Mode: hdr.Mode, Body: s})
 	}
-	return writeOverlay(path, append(files, extra...))
+	return drivertest.WriteOverlay(path, append(files, extra...))
 }

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,20 +91,20 @@ func waitTick(t *testing.T, ctx context.Context, console string, from int64, n i
 // of another shape (QEMU refuses; the driver reports it, no hang).
 func TestSnapshotInitramfs(t *testing.T) {
 	requireVMs(t)
-	requireTool(t, "busybox")
+	drivertest.RequireTool(t, "busybox")
 	work := t.TempDir()
-	kernel := testKernel(t)
+	kernel := drivertest.TestKernel(t)
 	initrd := filepath.Join(work, "initramfs.cpio")
-	busyboxInitramfs(t, initrd, "unused") // checks busybox is static
-	bb, err := os.ReadFile(requireTool(t, "busybox"))
+	drivertest.BusyboxInitramfs(t, initrd, "unused") // checks busybox is static
+	bb, err := os.ReadFile(drivertest.RequireTool(t, "busybox"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeInitramfs(initrd, []cpioEntry{
-		{"bin", sIFDIR | 0o755, nil},
-		{"dev", sIFDIR | 0o755, nil},
-		{"bin/busybox", sIFREG | 0o755, bb},
-		{"init", sIFREG | 0o755, []byte(tickerInit)},
+	if err := drivertest.WriteInitramfs(initrd, []drivertest.CPIOEntry{
+		{Name: "bin", Mode: drivertest.SIFDIR | 0o755, Data: nil},
+		{Name: "dev", Mode: drivertest.SIFDIR | 0o755, Data: nil},
+		{Name: "bin/busybox", Mode: drivertest.SIFREG | 0o755, Data: bb},
+		{Name: "init", Mode: drivertest.SIFREG | 0o755, Data: []byte(tickerInit)},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +112,12 @@ func TestSnapshotInitramfs(t *testing.T) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
-	tn := newTestNet(t)
+	tn := drivertest.NewNet(t, "qemu")
 	m := driver.Machine{
-		Lab: "kltest", Name: "snap-" + randHex(2), Dir: filepath.Join(work, "node"),
+		Lab: "kltest", Name: "snap-" + drivertest.RandHex(2), Dir: filepath.Join(work, "node"),
 		CPUs: 1, MemoryMiB: 256, BaseImage: base,
 		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 quiet",
-		MAC: "52:54:00:12:34:57", Tap: tn.tap, Netns: tn.ns,
+		MAC: "52:54:00:12:34:57", Tap: tn.Tap, Netns: tn.NS,
 	}
 	d := New(Options{StopTimeout: 2 * time.Second})
 	cleanupMachine(t, d, m)

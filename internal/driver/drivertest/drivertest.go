@@ -1,0 +1,383 @@
+// Package drivertest holds what the drivers' tests share: a network
+// namespace with a bridge and a tap, a busybox initramfs, a kernel and the
+// node image to boot, overlay tars. Only tests import it.
+package drivertest
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubelab/kubelab/internal/image"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// RequireTool fails under CI=true and skips elsewhere when a tool is missing.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, fmt.Sprintf("%s not found (run hack/install-deps.sh)", name))
+	}
+	return p
+}
+
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+func RandHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Net is a network namespace made by the test with a bridge and one
+// tap on it; nothing of it exists outside the namespace, and it is deleted
+// when the test ends.
+type Net struct {
+	NS, Tap, HostAddr, GuestAddr, Prefix string
+}
+
+func NewNet(t testing.TB, name string) Net {
+	t.Helper()
+	suffix := RandHex(3)
+	n := Net{NS: "kltest-" + name + "-" + suffix, Tap: "kltap0"}
+	third := 1 + int(suffix[1])%200
+	n.Prefix = fmt.Sprintf("10.214.%d", third)
+	n.HostAddr, n.GuestAddr = n.Prefix+".1", n.Prefix+".2"
+	if out, err := exec.Command("ip", "netns", "add", n.NS).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", n.NS, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.NS).Run() })
+
+	// Taps are made in the namespace itself: switch this OS thread into it
+	// for the netlink calls, and back.
+	err := func() error {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			return err
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(n.NS)
+		if err != nil {
+			return err
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			return err
+		}
+		defer func() { _ = netns.Set(orig) }()
+
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "klbr0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge: %w", err)
+		}
+		addr, err := netlink.ParseAddr(n.HostAddr + "/24")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(br, addr); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(br); err != nil {
+			return err
+		}
+		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: n.Tap}, Mode: netlink.TUNTAP_MODE_TAP}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return fmt.Errorf("add tap: %w", err)
+		}
+		if err := netlink.LinkSetMaster(tap, br); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(tap)
+	}()
+	if err != nil {
+		t.Fatalf("set up namespace %s: %v", n.NS, err)
+	}
+	return n
+}
+
+// CPIOEntry is one file of a newc initramfs.
+type CPIOEntry struct {
+	Name string
+	Mode uint32 // including the file type bits
+	Data []byte
+}
+
+// WriteInitramfs writes an uncompressed newc cpio archive (the kernel
+// unpacks it as the initramfs).
+func WriteInitramfs(path string, entries []CPIOEntry) error {
+	var b bytes.Buffer
+	pad := func() {
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+	}
+	write := func(ino int, e CPIOEntry) {
+		fmt.Fprintf(&b, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+			ino, e.Mode, 0, 0, 1, 0, len(e.Data), 0, 0, 0, 0, len(e.Name)+1, 0)
+		b.WriteString(e.Name)
+		b.WriteByte(0)
+		pad()
+		b.Write(e.Data)
+		pad()
+	}
+	for i, e := range entries {
+		write(i+1, e)
+	}
+	write(len(entries)+1, CPIOEntry{Name: "TRAILER!!!"})
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+const (
+	SIFDIR = 0o040000
+	SIFREG = 0o100000
+)
+
+// BusyboxInitramfs builds an initramfs whose /init prints the PCI devices
+// the VM has and then marker on the serial console, and idles.
+func BusyboxInitramfs(t *testing.T, path, marker string) {
+	t.Helper()
+	bb := RequireTool(t, "busybox")
+	f, err := elf.Open(bb)
+	if err != nil {
+		t.Fatalf("busybox: %v", err)
+	}
+	static := true
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			static = false
+		}
+	}
+	f.Close()
+	if !static {
+		Missing(t, bb+" is dynamically linked; install busybox-static")
+	}
+	bin, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs dev /dev
+for d in /sys/bus/pci/devices/*; do
+	echo "pci $(/bin/busybox cat $d/vendor):$(/bin/busybox cat $d/device)" >/dev/ttyS0
+done
+echo "cmdline $(/bin/busybox cat /proc/cmdline)" >/dev/ttyS0
+echo "` + marker + `" >/dev/ttyS0
+while :; do /bin/busybox sleep 3600; done
+`
+	err = WriteInitramfs(path, []CPIOEntry{
+		{"bin", SIFDIR | 0o755, nil},
+		{"dev", SIFDIR | 0o755, nil},
+		{"bin/busybox", SIFREG | 0o755, bin},
+		{"init", SIFREG | 0o755, []byte(init)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nodeImage finds the newest kubelab node image in the cache
+// ($KUBELAB_CACHE/images/<hash>/ with disk.qcow2, vmlinuz, initrd.img).
+func NodeImage() (string, error) {
+	cache := os.Getenv("KUBELAB_CACHE")
+	if cache == "" {
+		d, err := os.UserCacheDir()
+		if err != nil {
+			return "", err
+		}
+		cache = filepath.Join(d, "kubelab")
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cache, "images", "*", "manifest.json"))
+	type cand struct {
+		dir string
+		mod time.Time
+	}
+	var found []cand
+	for _, mf := range dirs {
+		dir := filepath.Dir(mf)
+		var m struct {
+			Kind string `json:"kind"`
+		}
+		data, err := os.ReadFile(mf)
+		if err != nil || json.Unmarshal(data, &m) != nil || m.Kind != "kubelab" {
+			continue
+		}
+		ok := true
+		for _, f := range []string{"disk.qcow2", "vmlinuz", "initrd.img"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				ok = false
+			}
+		}
+		if st, err := os.Stat(mf); ok && err == nil {
+			found = append(found, cand{dir, st.ModTime()})
+		}
+	}
+	if len(found) == 0 {
+		return "", fmt.Errorf("no kubelab node image in %s/images (build one with `kubelab image build`)", cache)
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].mod.After(found[j].mod) })
+	return found[0].dir, nil
+}
+
+// TestKernel is a kernel to boot the initramfs with: KUBELAB_TEST_KERNEL,
+// a cached node image's, the host's, or that of the node image built now
+// (on a fresh CI machine this test runs before any image exists).
+func TestKernel(t testing.TB) string {
+	t.Helper()
+	if k := os.Getenv("KUBELAB_TEST_KERNEL"); k != "" {
+		return k
+	}
+	if dir, err := NodeImage(); err == nil {
+		return filepath.Join(dir, "vmlinuz")
+	}
+	if ks, _ := filepath.Glob("/boot/vmlinuz-*"); len(ks) > 0 {
+		sort.Strings(ks)
+		return ks[len(ks)-1]
+	}
+	return filepath.Join(EnsureNodeImage(t), "vmlinuz")
+}
+
+type TarFile struct {
+	Name string
+	Mode int64
+	Body string
+}
+
+// WriteOverlay writes a tar of files; archive/tar output is always a
+// multiple of 512 bytes, as a raw disk needs.
+func WriteOverlay(path string, files []TarFile) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		hdr := &tar.Header{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write([]byte(f.Body)); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+// RSSKiB reads VmRSS of a process.
+func RSSKiB(pid int) (int, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// banner connects to addr from inside the namespace and returns the first
+// line the server sends.
+func (n Net) Banner(addr string) (string, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return "", err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(n.NS)
+	if err != nil {
+		return "", err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return "", err
+	}
+	defer func() { _ = netns.Set(orig) }()
+	var lastErr error
+	for i := 0; i < 10; i++ {
+		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			lastErr = err
+			time.Sleep(3 * time.Second)
+			continue
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	return "", lastErr
+}
+
+// EnsureNodeImage returns the node image built from the newest cached
+// components (image.Build reuses a cached image with the same inputs, and
+// builds it otherwise: the image package's tests may run after this one),
+// else the newest image in the cache.
+func EnsureNodeImage(t testing.TB) string {
+	t.Helper()
+	cache, err := image.DefaultCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	compDir := os.Getenv("KUBELAB_TEST_COMPONENTS")
+	if compDir == "" {
+		compDir, err = image.NewestComponents(cache)
+	}
+	if err == nil {
+		RequireTool(t, "mmdebstrap")
+		comps, err := image.LoadComponents(compDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		built, err := image.Build(context.Background(), image.BuildOptions{Components: comps, CacheDir: cache})
+		if err != nil {
+			t.Fatalf("build the node image: %v", err)
+		}
+		t.Logf("node image %s (cached: %v, %.1fs)", built.Dir, built.Cached, time.Since(start).Seconds())
+		return built.Dir
+	}
+	dir, err2 := NodeImage()
+	if err2 != nil {
+		Missing(t, fmt.Sprintf("no node image and no components to build one: %v; %v", err, err2))
+	}
+	return dir
+}
