@@ -17,6 +17,7 @@ const (
 	DefaultServiceCIDR6 = "fd6b:6c61:6202::/112"
 	DefaultImage        = "kubelab"
 	DefaultHypervisor   = HypervisorQEMU
+	DefaultLibvirtURI   = "qemu:///system"
 	DefaultCPUs         = 1
 	DefaultMemory       = "2GiB"
 	DefaultDisk         = "20GiB"
@@ -36,6 +37,9 @@ func ApplyDefaults(lab *Lab) {
 	setDefault(&lab.Kind, Kind)
 	setDefault(&lab.Name, DefaultLabName)
 	setDefault(&lab.Hypervisor, DefaultHypervisor)
+	if lab.Hypervisor == HypervisorLibvirt {
+		setDefault(&lab.Libvirt.URI, DefaultLibvirtURI)
+	}
 	setDefault(&lab.Certificates.CAValidity, DefaultCAValidity)
 	setDefault(&lab.Certificates.LeafValidity, DefaultLeafValidity)
 	n := &lab.Network

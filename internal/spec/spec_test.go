@@ -156,6 +156,11 @@ func TestBadInput(t *testing.T) {
 		{"bad node port range", "podNetwork: flannel", "podNetwork: flannel\n    nodePortRange: 32999-32000", "clusters[1].nodePortRange", "first not above the last"},
 		{"wrong apiVersion", "apiVersion: kubelab.dev/v1alpha1", "apiVersion: v1", "apiVersion", "this kubelab reads"},
 		{"dual without cidr6 values", "podNetwork: flannel", "podNetwork: flannel\n    podCIDR6: fd00::/56", "clusters[1].ipFamily", "set ipFamily: dual"},
+		{"libvirt uri without libvirt", "sshKeys:", "libvirt: {uri: qemu:///system}\nsshKeys:", "libvirt.uri", `hypervisor is "qemu"`},
+		{"libvirt remote uri", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: qemu+ssh://host/system}\nsshKeys:", "libvirt.uri", "only a local libvirtd"},
+		{"libvirt other driver", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: lxc:///system}\nsshKeys:", "libvirt.uri", `scheme "lxc" is not supported`},
+		{"libvirt bad path", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: qemu:///sys}\nsshKeys:", "libvirt.uri", "neither /system nor /session"},
+		{"libvirt session", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: qemu:///session}\nsshKeys:", "", ""},
 		{"duplicate key", "    index: 2\n", "    index: 2\n    index: 3\n", "clusters[1].index", "field given twice"},
 	}
 	for _, tc := range cases {

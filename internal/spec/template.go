@@ -70,6 +70,8 @@ apiVersion: %s
 kind: %s
 name: %s
 hypervisor: %s             # qemu (KVM where it works, else software emulation) | libvirt | xen
+# libvirt:
+#   uri: qemu:///system          # with hypervisor: libvirt; a local libvirtd (qemu:///session for a user)
 
 # The lab network on the host: a bridge, NAT, and host port forwards
 #   ssh 80NN -> .NN:22, API 810k -> first control plane of cluster k,

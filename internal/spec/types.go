@@ -15,12 +15,21 @@ type Lab struct {
 	Kind       string       `yaml:"kind"`
 	Name       string       `yaml:"name"`
 	Hypervisor string       `yaml:"hypervisor"` // qemu (default) | libvirt | xen
+	// Libvirt is the connection of hypervisor: libvirt.
+	Libvirt Libvirt `yaml:"libvirt"`
 	Network    Network      `yaml:"network"`
 	Defaults   NodeDefaults `yaml:"defaults"`
 	SSHKeys    []string     `yaml:"sshKeys"`
 	// Certificates sets the lifetimes of what kubelab's PKI issues.
 	Certificates Certificates `yaml:"certificates"`
 	Clusters     []Cluster    `yaml:"clusters"`
+}
+
+// Libvirt says which libvirt daemon runs the lab's machines.
+type Libvirt struct {
+	// URI is a libvirt connection URI of the local host: qemu:///system
+	// (default) or qemu:///session; a socket= query names another socket.
+	URI string `yaml:"uri"`
 }
 
 // Certificates are the lifetimes of new certificates, as durations with a

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -43,6 +44,7 @@ func Validate(lab *Lab, baseDir string) (warnings []Warning, err error) {
 	}
 	checkLabel(&errs, "name", lab.Name)
 	checkEnum(&errs, "hypervisor", lab.Hypervisor, HypervisorQEMU, HypervisorLibvirt, HypervisorXen)
+	validateLibvirt(&errs, lab)
 	labNet := validateNetwork(&errs, &lab.Network)
 	validateCertificates(&errs, lab.Certificates)
 	checkDefaults(&errs, lab.Defaults)
@@ -335,4 +337,28 @@ func ParsePortRange(s string) (from, to int, err error) {
 		return 0, 0, fmt.Errorf("%q: ports must be 1..65535 with the first not above the last", s)
 	}
 	return from, to, nil
+}
+
+// validateLibvirt checks libvirt.uri: a local QEMU connection. Remote
+// hypervisors would need the node disks, kernels and config media moved
+// to that host (storage pools), which kubelab does not do.
+func validateLibvirt(errs *Errors, lab *Lab) {
+	if lab.Libvirt.URI == "" {
+		return
+	}
+	if lab.Hypervisor != HypervisorLibvirt {
+		errs.Add("libvirt.uri", "is set but hypervisor is %q; set hypervisor: %s or remove libvirt", lab.Hypervisor, HypervisorLibvirt)
+		return
+	}
+	u, err := url.Parse(lab.Libvirt.URI)
+	switch {
+	case err != nil:
+		errs.Add("libvirt.uri", "%q is not a URI: %v", lab.Libvirt.URI, err)
+	case u.Host != "":
+		errs.Add("libvirt.uri", "%q names host %q; only a local libvirtd is supported (the node disks and kernels are files on this host)", lab.Libvirt.URI, u.Host)
+	case u.Scheme != "qemu" && u.Scheme != "qemu+unix":
+		errs.Add("libvirt.uri", "%q: scheme %q is not supported; use qemu:///system or qemu:///session (kubelab drives QEMU through a local libvirtd: the node disks and kernels are files on this host)", lab.Libvirt.URI, u.Scheme)
+	case u.Path != "/system" && u.Path != "/session":
+		errs.Add("libvirt.uri", "%q: path %q is neither /system nor /session", lab.Libvirt.URI, u.Path)
+	}
 }

@@ -381,3 +381,85 @@ func EnsureNodeImage(t testing.TB) string {
 	}
 	return dir
 }
+
+// LibvirtSocket is the system libvirtd's socket.
+const LibvirtSocket = "/run/libvirt/libvirt-sock"
+
+// StartLibvirtd runs virtlogd and libvirtd (the system daemons, with
+// Debian's configuration) inside network namespace ns, so the domains'
+// QEMU processes see the namespace's taps, and stops both when the test
+// ends. A libvirtd already answering on the system socket is an error:
+// two daemons would share libvirt's state directories.
+func StartLibvirtd(t testing.TB, ns string) {
+	t.Helper()
+	for _, tool := range []string{"libvirtd", "virtlogd"} {
+		RequireTool(t, tool)
+	}
+	if out, err := exec.Command("getent", "passwd", "libvirt-qemu").CombinedOutput(); err != nil {
+		Missing(t, fmt.Sprintf("no user libvirt-qemu, which libvirtd needs to start (run hack/install-deps.sh): %v %s", err, out))
+	}
+	if c, err := net.Dial("unix", LibvirtSocket); err == nil {
+		c.Close()
+		t.Fatalf("a libvirtd already answers on %s; stop it first (the test runs its own inside namespace %s)", LibvirtSocket, ns)
+	}
+	for _, d := range []string{"/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logDir := t.TempDir()
+	start := func(name string, args ...string) {
+		log, err := os.Create(filepath.Join(logDir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); log.Close(); close(done) }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+			if t.Failed() {
+				data, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
+				t.Logf("%s's log:\n%s", name, tail(string(data), 40))
+			}
+		})
+	}
+	start("virtlogd")
+	waitSocket(t, "/run/libvirt/virtlogd-sock")
+	start("libvirtd")
+	waitSocket(t, LibvirtSocket)
+}
+
+func waitSocket(t testing.TB, path string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing answers on %s after 30 s: %v", path, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

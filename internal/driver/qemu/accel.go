@@ -19,7 +19,7 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 		case AccelKVM, AccelTCG:
 			d.accel = d.opts.Accel
 		case "":
-			d.accel, d.accelErr = probeKVM(ctx, d.opts.QEMU)
+			d.accel, d.accelErr = ProbeKVM(ctx, d.opts.QEMU)
 		default:
 			d.accelErr = fmt.Errorf("qemu: unknown accelerator %q (kvm or tcg)", d.opts.Accel)
 		}
@@ -31,11 +31,11 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 // under a second even under TCG.
 const probeTimeout = 5 * time.Second
 
-// probeKVM boots the firmware alone (no disk, no NIC) under KVM, with the
+// ProbeKVM boots the firmware alone (no disk, no NIC) under KVM, with the
 // CPU model nodes get and its debug console on a file, and answers "kvm"
 // when the firmware gets to the end of its boot ("No bootable device"),
 // else "tcg". It only errors when QEMU itself cannot be run.
-func probeKVM(ctx context.Context, qemu string) (string, error) {
+func ProbeKVM(ctx context.Context, qemu string) (string, error) {
 	bin, err := exec.LookPath(qemu)
 	if err != nil {
 		return "", fmt.Errorf("qemu: %s not found (apt-get install qemu-system-x86, or run hack/install-deps.sh): %w", qemu, err)
