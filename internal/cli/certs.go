@@ -121,7 +121,7 @@ func runningClusterEnv(g *globalOptions, cmd *cobra.Command, pf *progressFlags, 
 	if err != nil {
 		return nil, "", nil, err
 	}
-	if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+	if err := hypervisor.Check(env.Lab); err != nil {
 		return nil, "", nil, err
 	}
 	return env, cluster, rest, nil

@@ -41,7 +41,7 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 	if err != nil {
 		return nil, err
 	}
-	d, err := hypervisor.New(l.Hypervisor)
+	d, err := hypervisor.New(l)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +152,7 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 			env.MergeKubeconfig = !noMerge
 			env.BootTogether = together
 			env.NoTemplates = noTemplate
-			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+			if err := hypervisor.Check(env.Lab); err != nil {
 				return err
 			}
 			return runPhasesWith(cmd, env, &pf, "up", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
@@ -182,7 +182,7 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 			}
 			env.BootTogether = together
 			env.NoTemplates = noTemplate
-			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+			if err := hypervisor.Check(env.Lab); err != nil {
 				return err
 			}
 			return runPhasesWith(cmd, env, &pf, "start", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.UpPhases(ctx), nil })
@@ -256,7 +256,7 @@ func newRefreshCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+			if err := hypervisor.Check(env.Lab); err != nil {
 				return err
 			}
 			return runPhasesWith(cmd, env, &pf, "refresh", dryRun, func(ctx context.Context) ([]lab.Phase, error) { return env.RefreshPhases(ctx, args[0]) })

@@ -73,7 +73,7 @@ func snapshotPhasesCmd(g *globalOptions, verb, short string,
 				return err
 			}
 			if verb == "restore" {
-				if err := hypervisor.Check(env.Lab.Hypervisor); err != nil {
+				if err := hypervisor.Check(env.Lab); err != nil {
 					return err
 				}
 			}

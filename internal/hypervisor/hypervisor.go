@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/libvirt"
 	"github.com/kubelab/kubelab/internal/driver/qemu"
 	"github.com/kubelab/kubelab/internal/spec"
 )
@@ -18,41 +19,54 @@ import (
 // host. A hypervisor lab.yaml knows but kubelab has no driver for yet has
 // only a note.
 type entry struct {
-	newDriver func() driver.Driver
+	newDriver func(l *spec.Lab) driver.Driver
 	// tools are the programs the driver runs, with the Debian packages
 	// that bring them.
 	tools   map[string]string
 	missing string
 }
 
+var qemuTools = map[string]string{"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils"}
+
 var registry = map[string]entry{
 	spec.HypervisorQEMU: {
-		newDriver: func() driver.Driver { return qemu.New(qemu.Options{}) },
-		tools:     map[string]string{"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils"},
+		newDriver: func(*spec.Lab) driver.Driver { return qemu.New(qemu.Options{}) },
+		tools:     qemuTools,
 	},
-	spec.HypervisorLibvirt: {missing: "this kubelab has no libvirt driver yet"},
-	spec.HypervisorXen:     {missing: "this kubelab has no Xen driver yet"},
+	spec.HypervisorLibvirt: {
+		newDriver: func(l *spec.Lab) driver.Driver { return libvirt.New(libvirt.Options{URI: l.Libvirt.URI}) },
+		// libvirtd runs QEMU; kubelab makes the disks itself.
+		tools: qemuTools,
+	},
+	spec.HypervisorXen: {missing: "this kubelab has no Xen driver yet"},
 }
 
-// New returns the driver for the named hypervisor. It does not look at the
-// host: commands that only read or remove a lab work without it.
-func New(name string) (driver.Driver, error) {
-	e, ok := registry[name]
+// daemonChecker is a driver that depends on a daemon it can check.
+type daemonChecker interface {
+	CheckDaemon() error
+}
+
+// New returns the driver for the lab's hypervisor. It does not look at
+// the host: commands that only read or remove a lab work without it.
+func New(l *spec.Lab) (driver.Driver, error) {
+	e, ok := registry[l.Hypervisor]
 	if !ok {
-		return nil, fmt.Errorf("hypervisor: %q is not one of %s", name, strings.Join(Names(), ", "))
+		return nil, fmt.Errorf("hypervisor: %q is not one of %s", l.Hypervisor, strings.Join(Names(), ", "))
 	}
 	if e.newDriver == nil {
-		return nil, fmt.Errorf("hypervisor: %s: %s; use hypervisor: %s", name, e.missing, spec.HypervisorQEMU)
+		return nil, fmt.Errorf("hypervisor: %s: %s; use hypervisor: %s", l.Hypervisor, e.missing, spec.HypervisorQEMU)
 	}
-	return e.newDriver(), nil
+	return e.newDriver(l), nil
 }
 
-// Check reports what this host lacks to run machines under the named
-// hypervisor, naming the lab.yaml field and what to install.
-func Check(name string) error {
-	if _, err := New(name); err != nil {
+// Check reports what this host lacks to run machines under the lab's
+// hypervisor, naming the lab.yaml field and what to install or start.
+func Check(l *spec.Lab) error {
+	d, err := New(l)
+	if err != nil {
 		return err
 	}
+	name := l.Hypervisor
 	var missing, packages []string
 	for _, tool := range sortedKeys(registry[name].tools) {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -63,6 +77,11 @@ func Check(name string) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("hypervisor: %s: %s not found on this host (apt-get install %s, or run hack/install-deps.sh)",
 			name, strings.Join(missing, " and "), strings.Join(packages, " "))
+	}
+	if dc, ok := d.(daemonChecker); ok {
+		if err := dc.CheckDaemon(); err != nil {
+			return fmt.Errorf("hypervisor: %s: %w", name, err)
+		}
 	}
 	return nil
 }

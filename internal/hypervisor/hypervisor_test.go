@@ -24,13 +24,16 @@ func TestNewAndCheck(t *testing.T) {
 	}{
 		{"qemu installed", spec.HypervisorQEMU, both, "", ""},
 		{"qemu missing", spec.HypervisorQEMU, one, "", "hypervisor: qemu: qemu-system-x86_64 not found on this host (apt-get install qemu-system-x86"},
-		{"libvirt", spec.HypervisorLibvirt, both, "hypervisor: libvirt: this kubelab has no libvirt driver yet", "no libvirt driver"},
+		// No libvirtd answers on this socket: Check says to start one.
+		{"libvirt without a daemon", spec.HypervisorLibvirt, both, "", "hypervisor: libvirt: libvirt: cannot reach libvirtd at qemu:///system?socket=/nonexistent/libvirt-sock"},
+		{"libvirt missing qemu", spec.HypervisorLibvirt, one, "", "hypervisor: libvirt: qemu-system-x86_64 not found"},
 		{"xen", spec.HypervisorXen, both, "hypervisor: xen: this kubelab has no Xen driver yet", "no Xen driver"},
 		{"unknown", "vmware", both, `hypervisor: "vmware" is not one of libvirt, qemu, xen`, "is not one of"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("PATH", tc.path)
-			d, err := New(tc.hypervisor)
+			lab := &spec.Lab{Hypervisor: tc.hypervisor, Libvirt: spec.Libvirt{URI: "qemu:///system?socket=/nonexistent/libvirt-sock"}}
+			d, err := New(lab)
 			if tc.newErr == "" {
 				if err != nil || d == nil || d.Name() != tc.hypervisor {
 					t.Fatalf("New(%q) = %v, %v", tc.hypervisor, d, err)
@@ -38,7 +41,7 @@ func TestNewAndCheck(t *testing.T) {
 			} else if err == nil || !strings.Contains(err.Error(), tc.newErr) {
 				t.Fatalf("New(%q) error %v, want %q", tc.hypervisor, err, tc.newErr)
 			}
-			err = Check(tc.hypervisor)
+			err = Check(lab)
 			if tc.checkErr == "" && err != nil {
 				t.Fatalf("Check(%q): %v", tc.hypervisor, err)
 			}

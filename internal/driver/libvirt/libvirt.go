@@ -128,6 +128,18 @@ func (d *Driver) connect() (conn, error) {
 	return conn{l}, nil
 }
 
+// CheckDaemon tells whether libvirtd answers at the driver's URI and can
+// run x86_64 QEMU guests; the error says what to start or install.
+func (d *Driver) CheckDaemon() error {
+	c, err := d.connect()
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	_, _, err = capabilities(c)
+	return err
+}
+
 func sessionSocket() string {
 	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
 		return filepath.Join(dir, "libvirt", "libvirt-sock")

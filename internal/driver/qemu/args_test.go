@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"github.com/kubelab/kubelab/internal/render/cloudinit"
 )
 

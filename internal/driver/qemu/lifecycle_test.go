@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"context"
-	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
 // cleanupMachine kills the machine's QEMU, whatever the test did, by the

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
-	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"github.com/kubelab/kubelab/internal/image"
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/render/cloudinit"

@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"context"
-	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
 // tickerInit is a guest that counts on its console once a second. A
