@@ -11,15 +11,15 @@ const Kind = "Lab"
 
 // Lab is the whole lab.yaml document.
 type Lab struct {
-	APIVersion string       `yaml:"apiVersion"`
-	Kind       string       `yaml:"kind"`
-	Name       string       `yaml:"name"`
-	Hypervisor string       `yaml:"hypervisor"` // qemu (default) | libvirt | xen
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Name       string `yaml:"name"`
+	Hypervisor string `yaml:"hypervisor"` // qemu (default) | libvirt | xen
 	// Libvirt is the connection of hypervisor: libvirt.
-	Libvirt Libvirt `yaml:"libvirt"`
-	Network    Network      `yaml:"network"`
-	Defaults   NodeDefaults `yaml:"defaults"`
-	SSHKeys    []string     `yaml:"sshKeys"`
+	Libvirt  Libvirt      `yaml:"libvirt"`
+	Network  Network      `yaml:"network"`
+	Defaults NodeDefaults `yaml:"defaults"`
+	SSHKeys  []string     `yaml:"sshKeys"`
 	// Certificates sets the lifetimes of what kubelab's PKI issues.
 	Certificates Certificates `yaml:"certificates"`
 	Clusters     []Cluster    `yaml:"clusters"`
