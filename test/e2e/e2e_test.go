@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
 // A lab of one control plane with stacked etcd and one worker: the smallest
@@ -27,6 +29,7 @@ import (
 const labYAML = `apiVersion: kubelab.dev/v1alpha1
 kind: Lab
 name: %s
+hypervisor: %s
 defaults:
   memory: 2GiB
   provisioning: %s
@@ -53,8 +56,10 @@ type harness struct {
 	hostNS string // namespace standing for the host
 	lanNS  string // namespace standing for a LAN client
 	lab    string
-	env    []string
-	log    *os.File
+	// hypervisor is lab.yaml's: qemu or libvirt.
+	hypervisor string
+	env        []string
+	log        *os.File
 }
 
 func requireTools(t *testing.T, tools ...string) {
@@ -75,14 +80,20 @@ func requireTools(t *testing.T, tools ...string) {
 	}
 }
 
-func newHarness(t *testing.T, provisioning string) *harness {
+// newHarness makes the namespaces and the lab.yaml of a test lab run by
+// hypervisor (qemu, or libvirt: then a libvirtd runs in the host
+// namespace for the test's duration, as it would on a host).
+func newHarness(t *testing.T, provisioning, hypervisor string) *harness {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots VMs; skipped with -short")
 	}
 	requireTools(t, "ip", "qemu-system-x86_64", "qemu-img", "ssh", "busybox", "nft")
+	if hypervisor == "libvirt" {
+		requireTools(t, "libvirtd", "virtlogd", "virsh")
+	}
 	suffix := randomSuffix()
-	h := &harness{t: t, dir: t.TempDir(), lab: "e2e" + suffix[:4],
+	h := &harness{t: t, dir: t.TempDir(), lab: "e2e" + suffix[:4], hypervisor: hypervisor,
 		hostNS: "kle2e-host-" + suffix, lanNS: "kle2e-lan-" + suffix}
 	h.bin = buildKubelab(t)
 	var err error
@@ -92,10 +103,16 @@ func newHarness(t *testing.T, provisioning string) *harness {
 	// The user's kubeconfig lives inside the test's own directory, so the
 	// context merge and its removal are observable and touch nothing else.
 	h.env = append(os.Environ(), "KUBECONFIG="+filepath.Join(h.dir, "user-kube", "config"))
-	if err := os.WriteFile(filepath.Join(h.dir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, h.lab, provisioning)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.dir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, h.lab, hypervisor, provisioning)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	h.sh("ip", "netns", "add", h.hostNS)
+	if hypervisor == "libvirt" {
+		// Started before cleanup is registered, so it stops after the
+		// cleanup's destroy has used it.
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", h.hostNS).Run() })
+		drivertest.StartLibvirtd(t, h.hostNS)
+	}
 	t.Cleanup(func() { h.cleanup() })
 	h.sh("ip", "netns", "add", h.lanNS)
 	h.sh("ip", "-n", h.hostNS, "link", "set", "lo", "up")
@@ -190,6 +207,9 @@ func (h *harness) residue() residue {
 	run("iptables", "ip", "netns", "exec", h.hostNS, "iptables-save")
 	run("namespaces", "ip", "netns", "list")
 	r["qemu"] = fmt.Sprint(qemuPIDs(h.lab))
+	if h.hypervisor == "libvirt" {
+		r["libvirt domains"] = h.libvirtDomains()
+	}
 	mounts, _ := os.ReadFile("/proc/self/mounts")
 	r["mounts"] = string(mounts)
 	kc, err := os.ReadFile(filepath.Join(h.dir, "user-kube", "config"))
@@ -249,7 +269,8 @@ func qemuPIDs(lab string) []int {
 			continue
 		}
 		for i, a := range args {
-			if a == "-name" && i+1 < len(args) && strings.HasPrefix(args[i+1], lab+"-") {
+			// libvirt names its QEMU "guest=<domain>,debug-threads=on".
+			if a == "-name" && i+1 < len(args) && strings.HasPrefix(strings.TrimPrefix(args[i+1], "guest="), lab+"-") {
 				pids = append(pids, pid)
 			}
 		}
