@@ -101,7 +101,7 @@ func TestLifecycleOverlay(t *testing.T) {
 // (a NoCloud cidata ISO) instead of the overlay disk, under libvirt (a
 // real libvirtd in the host namespace) instead of plain QEMU, as The Hard
 // Way on libvirt does: the nodes are libvirt domains, stop shuts them down
-// through ACPI, destroy undefines them. With extra scenarios it rotates
+// through ACPI, start boots them again, destroy undefines them. With extra scenarios it rotates
 // the Kubernetes CA before the smoke check.
 func TestLifecycleCloudInit(t *testing.T) {
 	h := newHarness(t, "cloud-init", "libvirt")
@@ -128,6 +128,12 @@ func TestLifecycleCloudInit(t *testing.T) {
 		if !strings.Contains(tail(console, 5), "reboot: Power down") {
 			t.Errorf("%s did not power itself down (console tail):\n%s", n, tail(console, 5))
 		}
+	}
+	// Started again from their own disks: the same domains boot.
+	h.kubelab(upTimeout, "start")
+	h.requireReady()
+	if got := h.libvirtDomains(); got != "running "+h.lab+"-cp1\nrunning "+h.lab+"-w1" {
+		t.Fatalf("libvirt's domains after start:\n%s", got)
 	}
 	h.kubelab(shortTimeout, "destroy")
 	if d := before.diff(h.residue()); len(d) > 0 {
