@@ -2,7 +2,6 @@ package libvirt
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/kubelab/kubelab/internal/driver"
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -69,22 +69,7 @@ func TestDomainXMLGolden(t *testing.T) {
 			if dom.Name != m.ID() || dom.Type != c.typ || dom.UUID == "" {
 				t.Errorf("name %q type %q uuid %q", dom.Name, dom.Type, dom.UUID)
 			}
-			golden := filepath.Join("testdata", c.name+".xml")
-			if *update {
-				if err := os.MkdirAll("testdata", 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update)", err)
-			}
-			if got != string(want) {
-				t.Errorf("domain XML differs from %s (run with -update if intended):\n%s", golden, got)
-			}
+			drivertest.Golden(t, filepath.Join("testdata", c.name+".xml"), got, *update)
 		})
 	}
 }

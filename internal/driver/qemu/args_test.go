@@ -78,22 +78,7 @@ func TestArgsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden := filepath.Join("testdata", c.name+".sh")
-			if *update {
-				if err := os.MkdirAll("testdata", 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update)", err)
-			}
-			if got != string(want) {
-				t.Errorf("command line differs from %s (run with -update if intended):\n%s", golden, got)
-			}
+			drivertest.Golden(t, filepath.Join("testdata", c.name+".sh"), got, *update)
 		})
 	}
 }
