@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ func mustState(t testing.TB, d *Driver, m driver.Machine, want driver.State) {
 // domain with kubelab's metadata and writes its XML, Start boots it with
 // the disk, config disk, NIC on the test's tap and rng, Stop falls back to
 // destroy (busybox has no ACPI handler), a second Start appends to the
-// console, Delete undefines the domain and removes the driver's files. A
+// console, Reprovision gives it a fresh disk it boots from, Delete undefines the domain and removes the driver's files. A
 // domain of the same name that kubelab did not make is refused untouched.
 func TestLifecycleInitramfs(t *testing.T) {
 	tn := requireLibvirt(t)
@@ -206,6 +207,37 @@ func TestLifecycleInitramfs(t *testing.T) {
 	console, _ = os.ReadFile(d.ConsolePath(m))
 	if n := strings.Count(string(console), marker); n != 2 {
 		t.Errorf("console has the marker %d times after two boots, want 2", n)
+	}
+
+	// Reprovision (kubelab refresh): stopped, a fresh overlay replaces the
+	// disk, and the same domain boots from it.
+	if err := d.Stop(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// A pattern written into the node's own layer must be gone after.
+	disk := filepath.Join(m.Dir, media.DiskFile)
+	qemuIO := func(cmd string) error {
+		out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", cmd, disk).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "Pattern verification failed") {
+			return fmt.Errorf("qemu-io %q: %v: %s", cmd, err, out)
+		}
+		return nil
+	}
+	if err := qemuIO("write -P 0xab 0 64k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reprovision(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemuIO("read -P 0 0 64k"); err != nil {
+		t.Errorf("the disk after Reprovision still holds what the old one had: %v", err)
+	}
+	from = driver.ConsoleSize(d.ConsolePath(m))
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := driver.WaitConsole(ctx, d.ConsolePath(m), from, marker, running); err != nil {
+		t.Fatal(err)
 	}
 
 	// A domain of the same name made by someone else is not touched.
