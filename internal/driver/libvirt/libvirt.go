@@ -61,13 +61,17 @@ type Options struct {
 }
 
 // Driver runs machines as libvirt domains. Use New; it is safe for
-// concurrent use on different machines (each call has its connection).
+// concurrent use on different machines (they share one connection, which
+// go-libvirt multiplexes).
 type Driver struct {
 	opts Options
 
 	probeOnce sync.Once
 	accel     string
 	accelErr  error
+
+	connMu sync.Mutex
+	conn   *golibvirt.Libvirt
 }
 
 var (
@@ -96,19 +100,18 @@ func (d *Driver) ConsolePath(m driver.Machine) string { return filepath.Join(m.D
 
 func (d *Driver) media() media.Tools { return media.Tools{QEMUImg: d.opts.QEMUImg} }
 
-// conn is one connection to libvirtd.
-type conn struct {
-	*golibvirt.Libvirt
-}
-
-func (c conn) close() { _ = c.Disconnect() }
-
-// connect opens a connection to the driver's libvirtd; the error says
-// how to start one.
-func (d *Driver) connect() (conn, error) {
+// connect returns the driver's connection to libvirtd, made on first use
+// and again when it was lost; the error says how to start libvirtd. The
+// connection lives as long as the process (a kubelab command).
+func (d *Driver) connect() (*golibvirt.Libvirt, error) {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if d.conn != nil && d.conn.IsConnected() {
+		return d.conn, nil
+	}
 	u, err := url.Parse(d.opts.URI)
 	if err != nil {
-		return conn{}, fmt.Errorf("libvirt: uri %q: %w", d.opts.URI, err)
+		return nil, fmt.Errorf("libvirt: uri %q: %w", d.opts.URI, err)
 	}
 	if u.Path == "/session" && u.Query().Get("socket") == "" {
 		// go-libvirt dials the system socket unless told otherwise; the
@@ -123,9 +126,10 @@ func (d *Driver) connect() (conn, error) {
 		if u.Path == "/session" {
 			hint = "start your session daemon: `libvirtd -d` as yourself"
 		}
-		return conn{}, fmt.Errorf("libvirt: cannot reach libvirtd at %s: %v; %s", d.opts.URI, err, hint)
+		return nil, fmt.Errorf("libvirt: cannot reach libvirtd at %s: %v; %s", d.opts.URI, err, hint)
 	}
-	return conn{l}, nil
+	d.conn = l
+	return l, nil
 }
 
 // CheckDaemon tells whether libvirtd answers at the driver's URI and can
@@ -135,7 +139,6 @@ func (d *Driver) CheckDaemon() error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
 	_, _, err = capabilities(c)
 	return err
 }
@@ -167,7 +170,6 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 			d.accelErr = err
 			return
 		}
-		defer c.close()
 		emulator, kvm, err := capabilities(c)
 		if err != nil {
 			d.accelErr = err
@@ -183,7 +185,7 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 
 // capabilities reads libvirt's capabilities: the x86_64 emulator and
 // whether KVM domains are offered. No x86_64 guest at all is an error.
-func capabilities(c conn) (emulator string, kvm bool, err error) {
+func capabilities(c *golibvirt.Libvirt) (emulator string, kvm bool, err error) {
 	raw, err := c.Capabilities()
 	if err != nil {
 		return "", false, fmt.Errorf("libvirt: capabilities: %w", err)
@@ -250,25 +252,38 @@ func (d *Driver) Describe(ctx context.Context, m driver.Machine) (string, error)
 	return DomainXML(m, typ, os.Getuid(), os.Getgid())
 }
 
-// lookup finds the machine's domain. A domain of that name that kubelab
-// did not make for this node directory is an error: it is never touched.
-func lookup(c conn, m driver.Machine) (golibvirt.Domain, bool, error) {
+// domain is a machine's domain as libvirt has it: found or not, and its
+// state (shut off when there is none).
+type domain struct {
+	golibvirt.Domain
+	found bool
+	state int32
+}
+
+// find looks up the machine's domain and its state. A domain of that name
+// that kubelab did not make for this node directory is an error: it is
+// never touched.
+func find(c *golibvirt.Libvirt, m driver.Machine) (domain, error) {
 	dom, err := c.DomainLookupByName(m.ID())
 	if golibvirt.IsNotFound(err) {
-		return dom, false, nil
+		return domain{state: stateShutoff}, nil
 	}
 	if err != nil {
-		return dom, false, fmt.Errorf("machine %s: libvirt: look up domain: %w", m.ID(), err)
+		return domain{}, fmt.Errorf("machine %s: libvirt: look up domain: %w", m.ID(), err)
 	}
 	raw, err := c.DomainGetMetadata(dom, int32(golibvirt.DomainMetadataElement), golibvirt.OptString{MetadataNS}, 0)
 	var meta machineMeta
 	if err != nil || xml.Unmarshal([]byte(raw), &meta) != nil {
-		return dom, false, fmt.Errorf("machine %s: libvirt has a domain %s that kubelab did not make; remove or rename it (virsh undefine %s) or rename the lab", m.ID(), m.ID(), m.ID())
+		return domain{}, fmt.Errorf("machine %s: libvirt has a domain %s that kubelab did not make; remove or rename it (virsh undefine %s) or rename the lab", m.ID(), m.ID(), m.ID())
 	}
 	if meta.Dir != m.Dir {
-		return dom, false, fmt.Errorf("machine %s: libvirt domain %s belongs to another kubelab lab directory (%s); destroy that lab or rename this one", m.ID(), m.ID(), meta.Dir)
+		return domain{}, fmt.Errorf("machine %s: libvirt domain %s belongs to another kubelab lab directory (%s); destroy that lab or rename this one", m.ID(), m.ID(), meta.Dir)
 	}
-	return dom, true, nil
+	st, err := domainState(c, dom)
+	if err != nil {
+		return domain{}, fmt.Errorf("machine %s: libvirt: %w", m.ID(), err)
+	}
+	return domain{Domain: dom, found: true, state: st}, nil
 }
 
 // Libvirt's domain states (virDomainState).
@@ -282,7 +297,7 @@ const (
 	statePMSusp   = 7
 )
 
-func domainState(c conn, dom golibvirt.Domain) (int32, error) {
+func domainState(c *golibvirt.Libvirt, dom golibvirt.Domain) (int32, error) {
 	st, _, err := c.DomainGetState(dom, 0)
 	return st, err
 }
@@ -307,18 +322,9 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	dom, found, err := lookup(c, m)
+	dom, err := find(c, m)
 	if err != nil {
 		return err
-	}
-	running := false
-	if found {
-		st, err := domainState(c, dom)
-		if err != nil {
-			return fmt.Errorf("machine %s: libvirt: %w", m.ID(), err)
-		}
-		running = active(st)
 	}
 	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
 		return fmt.Errorf("machine %s: %w", m.ID(), err)
@@ -330,7 +336,7 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 		}
 	} else if err != nil {
 		return fmt.Errorf("machine %s: %w", m.ID(), err)
-	} else if !running {
+	} else if !active(dom.state) {
 		if err := d.media().Grow(ctx, disk, m.DiskGiB); err != nil {
 			return fmt.Errorf("machine %s: %w", m.ID(), err)
 		}
@@ -343,7 +349,7 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 
 // define writes the domain XML to the node directory and defines it; a
 // running domain gets the new definition at its next start.
-func (d *Driver) define(c conn, m driver.Machine, typ string) error {
+func (d *Driver) define(c *golibvirt.Libvirt, m driver.Machine, typ string) error {
 	doc, err := DomainXML(m, typ, os.Getuid(), os.Getgid())
 	if err != nil {
 		return err
@@ -371,12 +377,11 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	dom, found, err := lookup(c, m)
+	dom, err := find(c, m)
 	if err != nil {
 		return err
 	}
-	if !found {
+	if !dom.found {
 		typ, err := d.domainType(ctx)
 		if err != nil {
 			return err
@@ -384,26 +389,22 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 		if err := d.define(c, m, typ); err != nil {
 			return err
 		}
-		if dom, found, err = lookup(c, m); err != nil {
+		if dom, err = find(c, m); err != nil {
 			return err
-		} else if !found {
+		} else if !dom.found {
 			return fmt.Errorf("machine %s: libvirt: domain gone right after it was defined", m.ID())
 		}
 	}
-	st, err := domainState(c, dom)
-	if err != nil {
-		return fmt.Errorf("machine %s: libvirt: %w", m.ID(), err)
-	}
-	switch st {
+	switch dom.state {
 	case stateRunning, stateBlocked, stateShutdown:
 		return nil
 	case statePaused, statePMSusp:
-		if err := c.DomainResume(dom); err != nil {
+		if err := c.DomainResume(dom.Domain); err != nil {
 			return fmt.Errorf("machine %s: libvirt: resume: %w", m.ID(), err)
 		}
 		return nil
 	}
-	if err := c.DomainCreate(dom); err != nil {
+	if err := c.DomainCreate(dom.Domain); err != nil {
 		hint := ""
 		if m.Tap != "" && strings.Contains(err.Error(), m.Tap) {
 			hint = fmt.Sprintf("; libvirtd does not see tap %s: it must run in the lab network's namespace (%s)", m.Tap, nsName(m))
@@ -429,22 +430,15 @@ func (d *Driver) State(ctx context.Context, m driver.Machine) (driver.State, err
 	if err != nil {
 		return "", err
 	}
-	defer c.close()
-	dom, found, err := lookup(c, m)
+	dom, err := find(c, m)
 	if err != nil {
 		return "", err
 	}
-	if found {
-		st, err := domainState(c, dom)
-		if err != nil {
-			return "", fmt.Errorf("machine %s: libvirt: %w", m.ID(), err)
-		}
-		switch st {
-		case stateRunning, stateBlocked, stateShutdown:
-			return driver.StateRunning, nil
-		case statePaused, statePMSusp:
-			return driver.StatePaused, nil
-		}
+	switch dom.state {
+	case stateRunning, stateBlocked, stateShutdown:
+		return driver.StateRunning, nil
+	case statePaused, statePMSusp:
+		return driver.StatePaused, nil
 	}
 	if _, err := os.Stat(filepath.Join(m.Dir, media.DiskFile)); errors.Is(err, fs.ErrNotExist) {
 		return driver.StateAbsent, nil
@@ -461,21 +455,13 @@ func (d *Driver) Stop(ctx context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	dom, found, err := lookup(c, m)
-	if err != nil || !found {
+	dom, err := find(c, m)
+	if err != nil || !active(dom.state) {
 		return err
 	}
-	st, err := domainState(c, dom)
-	if err != nil {
-		return fmt.Errorf("machine %s: libvirt: %w", m.ID(), err)
-	}
-	if !active(st) {
-		return nil
-	}
-	if st != statePaused && c.DomainShutdownFlags(dom, golibvirt.DomainShutdownAcpiPowerBtn) == nil {
+	if dom.state != statePaused && c.DomainShutdownFlags(dom.Domain, golibvirt.DomainShutdownAcpiPowerBtn) == nil {
 		wctx, cancel := context.WithTimeout(ctx, d.opts.StopTimeout)
-		off := waitOff(wctx, c, dom)
+		off := waitOff(wctx, c, dom.Domain)
 		cancel()
 		if off {
 			return nil
@@ -484,10 +470,10 @@ func (d *Driver) Stop(ctx context.Context, m driver.Machine) error {
 			return fmt.Errorf("machine %s: stop: %w", m.ID(), ctx.Err())
 		}
 	}
-	return destroy(c, m, dom)
+	return destroy(c, m, dom.Domain)
 }
 
-func waitOff(ctx context.Context, c conn, dom golibvirt.Domain) bool {
+func waitOff(ctx context.Context, c *golibvirt.Libvirt, dom golibvirt.Domain) bool {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -502,7 +488,7 @@ func waitOff(ctx context.Context, c conn, dom golibvirt.Domain) bool {
 	}
 }
 
-func destroy(c conn, m driver.Machine, dom golibvirt.Domain) error {
+func destroy(c *golibvirt.Libvirt, m driver.Machine, dom golibvirt.Domain) error {
 	if err := c.DomainDestroyFlags(dom, golibvirt.DomainDestroyDefault); err != nil {
 		if st, serr := domainState(c, dom); serr == nil && !active(st) {
 			return nil // it went down on its own meanwhile
@@ -522,20 +508,19 @@ func (d *Driver) Delete(ctx context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	dom, found, err := lookup(c, m)
+	dom, err := find(c, m)
 	if err != nil {
 		return err
 	}
-	if found {
-		if st, err := domainState(c, dom); err == nil && active(st) {
-			if err := destroy(c, m, dom); err != nil {
+	if dom.found {
+		if active(dom.state) {
+			if err := destroy(c, m, dom.Domain); err != nil {
 				return err
 			}
 		}
 		flags := golibvirt.DomainUndefineManagedSave | golibvirt.DomainUndefineSnapshotsMetadata |
 			golibvirt.DomainUndefineNvram | golibvirt.DomainUndefineCheckpointsMetadata
-		if err := c.DomainUndefineFlags(dom, flags); err != nil && !golibvirt.IsNotFound(err) {
+		if err := c.DomainUndefineFlags(dom.Domain, flags); err != nil && !golibvirt.IsNotFound(err) {
 			return fmt.Errorf("machine %s: libvirt: undefine: %w", m.ID(), err)
 		}
 	}

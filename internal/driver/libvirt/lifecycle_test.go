@@ -108,7 +108,6 @@ func TestLifecycleInitramfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
 	dom, err := c.DomainLookupByName(m.ID())
 	if err != nil {
 		t.Fatalf("libvirt has no domain %s: %v", m.ID(), err)
