@@ -203,7 +203,7 @@ func TestCreateConfigMedia(t *testing.T) {
 		t.Fatal(err)
 	}
 	// DiskGiB below the base's size keeps the base's size.
-	if size, err := d.virtualSize(ctx, filepath.Join(m.Dir, DiskFile)); err != nil || size != 2<<30 {
+	if size, err := d.media().VirtualSize(ctx, filepath.Join(m.Dir, DiskFile)); err != nil || size != 2<<30 {
 		t.Errorf("overlay size %d (%v), want the base's 2 GiB", size, err)
 	}
 	if st, err := os.Stat(filepath.Join(m.Dir, DiskFile)); err != nil || st.Mode().Perm() != 0o600 {

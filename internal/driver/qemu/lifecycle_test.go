@@ -83,7 +83,7 @@ func TestLifecycleInitramfs(t *testing.T) {
 	if err := d.Create(ctx, m); err != nil {
 		t.Fatalf("second Create: %v", err)
 	}
-	size, err := d.virtualSize(ctx, filepath.Join(m.Dir, DiskFile))
+	size, err := d.media().VirtualSize(ctx, filepath.Join(m.Dir, DiskFile))
 	if err != nil || size != 1<<30 {
 		t.Fatalf("disk virtual size = %d (%v), want 1 GiB", size, err)
 	}
@@ -193,7 +193,7 @@ func TestLifecycleInitramfs(t *testing.T) {
 	if err := d.Create(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	if size, _ := d.virtualSize(ctx, filepath.Join(m.Dir, DiskFile)); size != 2<<30 {
+	if size, _ := d.media().VirtualSize(ctx, filepath.Join(m.Dir, DiskFile)); size != 2<<30 {
 		t.Errorf("disk not grown to 2 GiB: %d", size)
 	}
 	from := driver.ConsoleSize(d.ConsolePath(m))

@@ -173,10 +173,6 @@ func (d *Driver) growDisk(ctx context.Context, m driver.Machine) error {
 	return nil
 }
 
-func (d *Driver) virtualSize(ctx context.Context, image string) (uint64, error) {
-	return d.media().VirtualSize(ctx, image)
-}
-
 // prepareConfig checks the configuration medium (building the cidata ISO
 // when needed); a template's machine gets its overlay padded to the
 // template's config disk size.
