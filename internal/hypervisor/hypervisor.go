@@ -80,7 +80,7 @@ func Check(l *spec.Lab) error {
 	}
 	if dc, ok := d.(daemonChecker); ok {
 		if err := dc.CheckDaemon(); err != nil {
-			return fmt.Errorf("hypervisor: %s: %w", name, err)
+			return fmt.Errorf("hypervisor: %w", err) // the error names the driver
 		}
 	}
 	return nil

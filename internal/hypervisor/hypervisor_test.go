@@ -25,7 +25,7 @@ func TestNewAndCheck(t *testing.T) {
 		{"qemu installed", spec.HypervisorQEMU, both, "", ""},
 		{"qemu missing", spec.HypervisorQEMU, one, "", "hypervisor: qemu: qemu-system-x86_64 not found on this host (apt-get install qemu-system-x86"},
 		// No libvirtd answers on this socket: Check says to start one.
-		{"libvirt without a daemon", spec.HypervisorLibvirt, both, "", "hypervisor: libvirt: libvirt: cannot reach libvirtd at qemu:///system?socket=/nonexistent/libvirt-sock"},
+		{"libvirt without a daemon", spec.HypervisorLibvirt, both, "", "hypervisor: libvirt: cannot reach libvirtd at qemu:///system?socket=/nonexistent/libvirt-sock"},
 		{"libvirt missing qemu", spec.HypervisorLibvirt, one, "", "hypervisor: libvirt: qemu-system-x86_64 not found"},
 		{"xen", spec.HypervisorXen, both, "hypervisor: xen: this kubelab has no Xen driver yet", "no Xen driver"},
 		{"unknown", "vmware", both, `hypervisor: "vmware" is not one of libvirt, qemu, xen`, "is not one of"},
