@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/image"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -483,4 +484,32 @@ func Golden(t testing.TB, path, got string, update bool) {
 	if got != string(want) {
 		t.Errorf("output differs from %s (run with -update if intended):\n%s", path, got)
 	}
+}
+
+// BusyboxMachine is a small machine for lifecycle tests, in a fresh
+// directory: the busybox initramfs printing marker (returned), a 64 MiB
+// base image, a 1 GiB node disk, an overlay config disk, and one NIC on
+// the test network's tap.
+func BusyboxMachine(t *testing.T, tn Net, name, mac string) (driver.Machine, string) {
+	t.Helper()
+	work := t.TempDir()
+	kernel := TestKernel(t)
+	initrd := filepath.Join(work, "initramfs.cpio")
+	marker := "KLTEST-MARKER-" + RandHex(4)
+	BusyboxInitramfs(t, initrd, marker)
+	base := filepath.Join(work, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	overlay := filepath.Join(work, "overlay.tar")
+	if err := WriteOverlay(overlay, []TarFile{{Name: "etc/hello", Mode: 0o644, Body: "hi\n"}}); err != nil {
+		t.Fatal(err)
+	}
+	return driver.Machine{
+		Lab: "kltest", Name: name, Dir: filepath.Join(work, "node"),
+		CPUs: 1, MemoryMiB: 256, DiskGiB: 1, BaseImage: base,
+		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 kltest=" + strings.ToLower(marker),
+		MAC: mac, Tap: tn.Tap, Netns: tn.NS,
+		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
+	}, marker
 }

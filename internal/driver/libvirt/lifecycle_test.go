@@ -51,26 +51,8 @@ func mustState(t testing.TB, d *Driver, m driver.Machine, want driver.State) {
 // domain of the same name that kubelab did not make is refused untouched.
 func TestLifecycleInitramfs(t *testing.T) {
 	tn := requireLibvirt(t)
-	work := t.TempDir()
-	kernel := drivertest.TestKernel(t)
-	initrd := filepath.Join(work, "initramfs.cpio")
-	marker := "KLTEST-MARKER-" + drivertest.RandHex(4)
-	drivertest.BusyboxInitramfs(t, initrd, marker)
-	base := filepath.Join(work, "base.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
-	overlay := filepath.Join(work, "overlay.tar")
-	if err := drivertest.WriteOverlay(overlay, []drivertest.TarFile{{Name: "etc/hello", Mode: 0o644, Body: "hi\n"}}); err != nil {
-		t.Fatal(err)
-	}
-	m := driver.Machine{
-		Lab: "kltest", Name: "lv-" + drivertest.RandHex(2), Dir: filepath.Join(work, "node"),
-		CPUs: 1, MemoryMiB: 256, DiskGiB: 1, BaseImage: base,
-		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 kltest=" + strings.ToLower(marker),
-		MAC: "52:54:00:12:34:58", Tap: tn.Tap, Netns: tn.NS,
-		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
-	}
+	m, marker := drivertest.BusyboxMachine(t, tn, "lv-"+drivertest.RandHex(2), "52:54:00:12:34:58")
+	overlay := m.Config.Path
 	d := New(Options{StopTimeout: 3 * time.Second})
 	t.Cleanup(func() { _ = d.Delete(context.Background(), m) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -241,7 +223,7 @@ func TestLifecycleInitramfs(t *testing.T) {
 
 	// A domain of the same name made by someone else is not touched.
 	other := m
-	other.Dir = filepath.Join(work, "other")
+	other.Dir = filepath.Join(filepath.Dir(m.Dir), "other")
 	if err := d.Create(ctx, other); err == nil || !strings.Contains(err.Error(), "another kubelab lab directory") {
 		t.Errorf("Create over another directory's domain: %v", err)
 	}

@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,26 +43,8 @@ func mustState(t testing.TB, d *Driver, m driver.Machine, want driver.State) {
 func TestLifecycleInitramfs(t *testing.T) {
 	requireVMs(t)
 	tn := drivertest.NewNet(t, "qemu")
-	work := t.TempDir()
-	kernel := drivertest.TestKernel(t)
-	initrd := filepath.Join(work, "initramfs.cpio")
-	marker := "KLTEST-MARKER-" + drivertest.RandHex(4)
-	drivertest.BusyboxInitramfs(t, initrd, marker)
-	base := filepath.Join(work, "base.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
-	overlay := filepath.Join(work, "overlay.tar")
-	if err := drivertest.WriteOverlay(overlay, []drivertest.TarFile{{Name: "etc/hello", Mode: 0o644, Body: "hi\n"}}); err != nil {
-		t.Fatal(err)
-	}
-	m := driver.Machine{
-		Lab: "kltest", Name: "bb-" + drivertest.RandHex(2), Dir: filepath.Join(work, "node"),
-		CPUs: 1, MemoryMiB: 256, DiskGiB: 1, BaseImage: base,
-		Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 kltest=" + strings.ToLower(marker),
-		MAC: "52:54:00:12:34:56", Tap: tn.Tap, Netns: tn.NS,
-		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
-	}
+	m, marker := drivertest.BusyboxMachine(t, tn, "bb-"+drivertest.RandHex(2), "52:54:00:12:34:56")
+	overlay := m.Config.Path
 	// The busybox guest has no ACPI handler: Stop falls back to quit.
 	d := New(Options{StopTimeout: 3 * time.Second})
 	cleanupMachine(t, d, m)
