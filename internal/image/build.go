@@ -319,7 +319,10 @@ func (b *builder) configure() error {
 	}
 	disable := []string{"apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
 		"e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service",
-		"cloud-init-hotplugd.socket"}
+		"cloud-init-hotplugd.socket",
+		// Its package enables it; the node configuration enables it on the
+		// control planes of a cluster with two or more.
+		"keepalived.service"}
 	enable := []string{"systemd-networkd.service", "kubelab-overlay.service",
 		"kubelab-ready.service", "kubelab-images.service", "kubelab-ssh-keygen.service",
 		"kubelab-template.service"}

@@ -19,7 +19,7 @@ var assets embed.FS
 
 // builderVersion changes whenever the build steps themselves change in a way
 // that the other inputs do not show (file placement, enabled units, ...).
-const builderVersion = "kubelab-image/3"
+const builderVersion = "kubelab-image/4"
 
 // DefaultPackages are the Debian packages of kubelab's node image. Debian's
 // containerd, runc and etcd are deliberately absent: the components built by
@@ -29,6 +29,8 @@ var DefaultPackages = []string{
 	"nftables", "conntrack", "socat", "ethtool", "kmod", "ca-certificates",
 	"cloud-init", "linux-image-cloud-amd64", "sudo", "procps", "e2fsprogs",
 	"netbase", "tar",
+	// The API virtual address of clusters with two or more control planes.
+	"keepalived",
 }
 
 // DefaultSources are the apt sources the image is built from.

@@ -96,6 +96,7 @@ func Build(in Input) (Node, error) {
 		{"common", true, b.common},
 		{"etcd", in.Node.HasRole(spec.RoleEtcd), b.etcd},
 		{"control-plane", in.Node.HasRole(spec.RoleControlPlane), b.controlPlane},
+		{"API virtual address", hasAPIVirtualAddress(in.Cluster, in.Node), b.apiVirtualAddress},
 		{"worker", in.Node.HasRole(spec.RoleWorker), b.worker},
 		{"pod network " + in.Cluster.PodNetwork, true, b.podNetwork},
 	}

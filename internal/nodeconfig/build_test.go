@@ -18,6 +18,7 @@ var (
 	defaultNodes = []string{"cp1:control-plane,etcd", "w1:worker", "w2:worker"}
 	xenNodes     = []string{"master:control-plane", "etcd1:etcd", "etcd2:etcd", "etcd3:etcd", "node1:worker", "node2:worker"}
 	soloNodes    = []string{"solo:control-plane,etcd,worker"}
+	haNodes      = []string{"cp1:control-plane,etcd", "cp2:control-plane,etcd", "cp3:control-plane,etcd", "w1:worker"}
 )
 
 func TestBuildRoles(t *testing.T) {
@@ -97,6 +98,13 @@ func TestBuildRoles(t *testing.T) {
 			absent:    never,
 			routes:    0,
 			addresses: 1, apiserver: true, etcdMember: true},
+		{name: "ha/cp2 routes", podNet: "routes", nodes: haNodes, node: "cp2",
+			enable: append(append([]string{"etcd.service"}, cpUnits...), "keepalived.service"),
+			files:  append([]string{KeepalivedConfig}, cpFiles...), absent: never,
+			routes: 1, addresses: 1, apiserver: true, etcdMember: true},
+		{name: "ha/w1 routes", podNet: "routes", nodes: haNodes, node: "w1",
+			enable: workerUnits, files: workerFiles, absent: append([]string{KeepalivedConfig}, never...),
+			routes: 0, addresses: 1},
 		{name: "dual-stack/w1 routes", podNet: "routes", family: "dual", nodes: defaultNodes, node: "w1",
 			enable: workerUnits, files: workerFiles, absent: never,
 			routes: 2, addresses: 2},

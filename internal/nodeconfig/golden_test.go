@@ -75,6 +75,7 @@ func TestGolden(t *testing.T) {
 		{"default-cp1.json", "routes", defaultNodes, "cp1"},
 		{"default-w1.json", "routes", defaultNodes, "w1"},
 		{"flannel-w1.json", "flannel", defaultNodes, "w1"},
+		{"ha-cp2.json", "routes", haNodes, "cp2"},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			p := planFor(t, labSpec(tc.podNet, "", tc.nodes...))

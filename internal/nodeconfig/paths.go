@@ -26,11 +26,14 @@ const (
 	FlannelPrefix     = "/coreos.com/network"
 	ScriptDir         = "/usr/local/lib/kubelab"
 	HostsFile         = "/etc/hosts"
-	NetworkdDir       = "/etc/systemd/network"
-	SysctlPath        = "/etc/sysctl.d/90-kubelab.conf"
-	ModulesPath       = "/etc/modules-load.d/kubelab.conf"
-	HostnamePath      = "/etc/hostname"
-	SystemdUnitDir    = "/etc/systemd/system"
+	// KeepalivedConfig holds the API virtual address's VRRP settings on
+	// the control planes of a cluster with two or more.
+	KeepalivedConfig = "/etc/keepalived/keepalived.conf"
+	NetworkdDir      = "/etc/systemd/network"
+	SysctlPath       = "/etc/sysctl.d/90-kubelab.conf"
+	ModulesPath      = "/etc/modules-load.d/kubelab.conf"
+	HostnamePath     = "/etc/hostname"
+	SystemdUnitDir   = "/etc/systemd/system"
 	// SSHDConfig sorts before the distribution's and cloud-init's drop-ins
 	// (sshd keeps the first value it reads for a keyword).
 	SSHDConfig = "/etc/ssh/sshd_config.d/10-kubelab.conf"

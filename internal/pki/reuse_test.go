@@ -94,9 +94,10 @@ func TestAddWorkerAddsOnlyItsFiles(t *testing.T) {
 
 func TestAddControlPlaneReissuesAPIServerWithSameKey(t *testing.T) {
 	dir := t.TempDir()
-	mustEnsure(t, dir, mustPlan(t, testLab), 0)
+	ha := testLab + "  - {name: cp2, roles: [etcd, control-plane], address: 192.168.100.14}\n"
+	mustEnsure(t, dir, mustPlan(t, ha), 0)
 	before := snapshot(t, dir)
-	p := mustPlan(t, testLab+"  - {name: cp2, roles: [etcd, control-plane], address: 192.168.100.15}\n")
+	p := mustPlan(t, ha+"  - {name: cp3, roles: [etcd, control-plane], address: 192.168.100.15}\n")
 	cl, rep := mustEnsure(t, dir, p, 0)
 	_, changed := diffFiles(before, snapshot(t, dir))
 	if want := []string{"clusters/one/pki/apiserver.crt"}; !slices.Equal(changed, want) {
@@ -108,17 +109,54 @@ func TestAddControlPlaneReissuesAPIServerWithSameKey(t *testing.T) {
 			reissued = append(reissued, c)
 		}
 	}
-	if len(reissued) != 1 || reissued[0].Name != APIServer || !strings.Contains(reissued[0].Reason, "cp2") {
-		t.Errorf("reissued %+v, want apiserver with a reason naming cp2", reissued)
+	if len(reissued) != 1 || reissued[0].Name != APIServer || !strings.Contains(reissued[0].Reason, "cp3") {
+		t.Errorf("reissued %+v, want apiserver with a reason naming cp3", reissued)
 	}
 	crt, _, _ := cl.PEM(APIServer)
 	cert, _ := parseCert(crt)
-	if err := cert.VerifyHostname("cp2"); err != nil {
+	if err := cert.VerifyHostname("cp3"); err != nil {
 		t.Error(err)
 	}
-	// cp2 has its own address, so nothing else moves.
-	if err := cert.VerifyHostname(p.Clusters[0].NodesWithRole("control-plane")[1].Address.String()); err != nil {
+	// cp3 has its own address and the endpoint stays the virtual address,
+	// so nothing else moves.
+	if err := cert.VerifyHostname(p.Clusters[0].NodesWithRole("control-plane")[2].Address.String()); err != nil {
 		t.Error(err)
+	}
+}
+
+// A second control plane turns the endpoint into the virtual address: the
+// API certificate names it and every in-cluster kubeconfig points at it,
+// while the admin kubeconfig keeps the host forward.
+func TestSecondControlPlaneMovesTheEndpointToTheVirtualAddress(t *testing.T) {
+	dir := t.TempDir()
+	mustEnsure(t, dir, mustPlan(t, testLab), 0)
+	before := snapshot(t, dir)
+	p := mustPlan(t, testLab+"  - {name: cp2, roles: [etcd, control-plane]}\n")
+	vip := p.Clusters[0].APIVIP
+	if vip.String() != "192.168.100.19" {
+		t.Fatalf("virtual address %v, want the block's last address 192.168.100.19", vip)
+	}
+	cl, _ := mustEnsure(t, dir, p, 0)
+	_, changed := diffFiles(before, snapshot(t, dir))
+	for _, want := range []string{"clusters/one/pki/apiserver.crt", "clusters/one/pki/kubeconfigs/kube-proxy.kubeconfig", "clusters/one/pki/kubeconfigs/kubelet-w1.kubeconfig"} {
+		if !slices.Contains(changed, want) {
+			t.Errorf("%s did not change (changed: %v)", want, changed)
+		}
+	}
+	if slices.Contains(changed, "clusters/one/pki/kubeconfigs/admin.kubeconfig") {
+		t.Error("the admin kubeconfig changed; it should keep the host forward")
+	}
+	crt, _, _ := cl.PEM(APIServer)
+	cert, _ := parseCert(crt)
+	if err := cert.VerifyHostname(vip.String()); err != nil {
+		t.Error(err)
+	}
+	kc, err := cl.Kubeconfig("kube-proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(kc), "server: https://192.168.100.19:6443") {
+		t.Errorf("kube-proxy's kubeconfig does not point at the virtual address:\n%s", kc)
 	}
 }
 

@@ -73,7 +73,8 @@ func requiredCerts(lab string, c plan.Cluster, n plan.Network) []certSpec {
 
 // apiServerSpec names every way the API server is reached: by its service
 // inside the cluster, by each control plane's name and address, on the node
-// itself, and through the host forward (loopback or the lab gateway).
+// itself, by the control planes' shared virtual address, and through the
+// host forward (loopback or the lab gateway).
 func apiServerSpec(c plan.Cluster, n plan.Network) certSpec {
 	domain := c.ClusterDomain
 	if domain == "" {
@@ -91,6 +92,7 @@ func apiServerSpec(c plan.Cluster, n plan.Network) certSpec {
 			ips = appendAddr(ips, a)
 		}
 	}
+	ips = appendAddr(ips, c.APIVIP)
 	ips = appendAddr(ips, loopback4)
 	if c.ServiceCIDR6.IsValid() {
 		ips = appendAddr(ips, loopback6)

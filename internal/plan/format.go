@@ -57,7 +57,11 @@ func (p *Plan) Text() []byte {
 		if c.ServiceCIDR6.IsValid() {
 			fmt.Fprintf(&b, " + %s", c.ServiceCIDR6)
 		}
-		fmt.Fprintf(&b, "\n  api       https://%s  (host port %d)\n", c.APIServer, c.APIHostPort)
+		fmt.Fprintf(&b, "\n  api       https://%s  (host port %d)", c.APIServer, c.APIHostPort)
+		if c.APIVIP.IsValid() {
+			b.WriteString("  virtual address on a live control plane (keepalived)")
+		}
+		b.WriteString("\n")
 		fmt.Fprintf(&b, "  nodeports %d-%d\n\n", c.NodePortFrom, c.NodePortTo)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  NODE\tROLES\tADDRESS\tMAC\tPOD CIDR\tSSH\tCPU\tMEMORY\tPROVISIONING")

@@ -118,6 +118,18 @@ func planCluster(sc spec.Cluster, cp string, net Network, baseDir string,
 		errs.Add(nodesPath, "cluster %q has %d nodes but its block %s-%s holds %d; split it into two clusters", sc.Name, len(sc.Nodes), c.Block[0], c.Block[1], blockSize)
 		return c, false
 	}
+	// Two or more control planes share one API endpoint: a virtual address
+	// that keepalived moves to a live control plane. It is the block's last
+	// address, reserved before any node is placed.
+	if countControlPlanes(sc) >= 2 {
+		vip := mustNth(labNet, first+blockSize-1)
+		if owner, taken := addrOwner[vip]; taken {
+			errs.Add(spec.Field(cp, "nodes"), "cluster %q has %d control planes and so needs its block's last address %s for the API's virtual address, but %s uses it", sc.Name, countControlPlanes(sc), vip, owner)
+			return c, false
+		}
+		addrOwner[vip] = fmt.Sprintf("cluster %q's API virtual address (a cluster with two or more control planes keeps its block's last address for it)", sc.Name)
+		c.APIVIP = vip
+	}
 	offsets, ok := assignOffsets(sc, cp, labNet, first, addrOwner, errs)
 	if !ok {
 		return c, false
@@ -172,10 +184,23 @@ func planCluster(sc spec.Cluster, cp string, net Network, baseDir string,
 		c.Nodes = append(c.Nodes, n)
 	}
 	cps := c.NodesWithRole(spec.RoleControlPlane)
-	if len(cps) > 0 {
+	switch {
+	case c.APIVIP.IsValid():
+		c.APIServer = netip.AddrPortFrom(c.APIVIP, apiServerPort)
+	case len(cps) > 0:
 		c.APIServer = netip.AddrPortFrom(cps[0].Address, apiServerPort)
 	}
 	return c, true
+}
+
+func countControlPlanes(sc spec.Cluster) int {
+	n := 0
+	for _, sn := range sc.Nodes {
+		if sn.HasRole(spec.RoleControlPlane) {
+			n++
+		}
+	}
+	return n
 }
 
 // assignOffsets gives every node its offset in the lab network: explicit
@@ -222,7 +247,7 @@ func assignOffsets(sc spec.Cluster, cp string, labNet netip.Prefix, first uint64
 				next++
 			}
 			if next >= first+blockSize {
-				errs.Add(spec.Index(nodesPath, ni), "no free address left in cluster %q's block %s-%s (the gateway, failsafe or other nodes use it)", sc.Name, mustNth(labNet, first), mustNth(labNet, first+blockSize-1))
+				errs.Add(spec.Index(nodesPath, ni), "no free address left in cluster %q's block %s-%s (the gateway, the failsafe, the API virtual address or other nodes use it)", sc.Name, mustNth(labNet, first), mustNth(labNet, first+blockSize-1))
 				return offsets, false
 			}
 			offsets[ni] = next

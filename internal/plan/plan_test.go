@@ -148,6 +148,9 @@ func TestAllocationErrors(t *testing.T) {
 		{"api port collides with ssh", "  - name: k2\n", "  - name: k2\n    apiPort: 8020\n", "clusters[1].apiPort", "collide with clusters[1].nodes[0].address (its ssh forward)"},
 		{"node ports overlap", "  - name: k2\n", "  - name: k2\n    nodePortRange: 31500-32500\n", "clusters[1].nodePortRange", "collide with clusters[0].nodePortRange"},
 		{"too many nodes", "      - {name: w1, roles: [worker]}\n", strings.Repeat("", 0) + manyWorkers(10), "clusters[0].nodes", "has 11 nodes but its block 192.168.100.10-192.168.100.19 holds 10"},
+		{"node on the API virtual address", "{name: cp1, roles: [control-plane, etcd]}\n      - {name: w1, roles: [worker]}", "{name: cp1, roles: [control-plane, etcd]}\n      - {name: cpb, roles: [control-plane, etcd]}\n      - {name: w1, roles: [worker], address: 192.168.100.19}", "clusters[0].nodes[2].address", `already used by cluster "k1"'s API virtual address`},
+		{"gateway on the API virtual address", "clusters:\n  - name: k1\n    nodes:\n", "network: {gateway: 192.168.100.19}\nclusters:\n  - name: k1\n    nodes:\n      - {name: cpb, roles: [control-plane, etcd]}\n", "clusters[0].nodes", `needs its block's last address 192.168.100.19 for the API's virtual address, but network.gateway uses it`},
+		{"no room for the API virtual address", "      - {name: w1, roles: [worker]}\n", "      - {name: cpb, roles: [control-plane]}\n" + manyWorkers(8), "clusters[0].nodes[9]", "the API virtual address"},
 		{"pod cidr too small for address numbering", "  - name: k2\n", "  - name: k2\n    podCIDR: 172.16.0.0/20\n", "clusters[1].podCIDR", "gets pod /24 number 25"},
 	}
 	for _, tc := range cases {

@@ -29,26 +29,31 @@ type Network struct {
 
 // Cluster is one cluster's block, networks and endpoints.
 type Cluster struct {
-	Name              string         `json:"name"`
-	Index             int            `json:"index"`
-	KubernetesVersion string         `json:"kubernetesVersion"`
-	Block             [2]netip.Addr  `json:"block"` // first and last address the cluster owns
-	PodCIDR           netip.Prefix   `json:"podCIDR"`
-	ServiceCIDR       netip.Prefix   `json:"serviceCIDR"`
-	APIServiceIP      netip.Addr     `json:"apiServiceIP"` // first service address: the kubernetes service
-	DNSServiceIP      netip.Addr     `json:"dnsServiceIP"` // .10 of the service network
-	PodCIDR6          netip.Prefix   `json:"podCIDR6,omitzero"`
-	ServiceCIDR6      netip.Prefix   `json:"serviceCIDR6,omitzero"`
-	PodNetwork        string         `json:"podNetwork"`
-	IPFamily          string         `json:"ipFamily"`
-	ClusterDomain     string         `json:"clusterDomain"`
-	APIServer         netip.AddrPort `json:"apiServer"`    // first control plane's API endpoint inside the lab
-	APIHostPort       int            `json:"apiHostPort"`  // host port forwarded to it
-	NodePortFrom      int            `json:"nodePortFrom"` // also the API server's --service-node-port-range
-	NodePortTo        int            `json:"nodePortTo"`
-	Provisioning      string         `json:"provisioning"`
-	Butane            []string       `json:"butane,omitempty"` // absolute paths of Butane snippets
-	Nodes             []Node         `json:"nodes"`
+	Name              string        `json:"name"`
+	Index             int           `json:"index"`
+	KubernetesVersion string        `json:"kubernetesVersion"`
+	Block             [2]netip.Addr `json:"block"` // first and last address the cluster owns
+	PodCIDR           netip.Prefix  `json:"podCIDR"`
+	ServiceCIDR       netip.Prefix  `json:"serviceCIDR"`
+	APIServiceIP      netip.Addr    `json:"apiServiceIP"` // first service address: the kubernetes service
+	DNSServiceIP      netip.Addr    `json:"dnsServiceIP"` // .10 of the service network
+	PodCIDR6          netip.Prefix  `json:"podCIDR6,omitzero"`
+	ServiceCIDR6      netip.Prefix  `json:"serviceCIDR6,omitzero"`
+	PodNetwork        string        `json:"podNetwork"`
+	IPFamily          string        `json:"ipFamily"`
+	ClusterDomain     string        `json:"clusterDomain"`
+	// APIServer is the API endpoint inside the lab: the only control plane's
+	// address, or APIVIP when there are two or more.
+	APIServer netip.AddrPort `json:"apiServer"`
+	// APIVIP is the virtual address keepalived keeps on one live control
+	// plane; set when the cluster has two or more.
+	APIVIP       netip.Addr `json:"apiVIP,omitzero"`
+	APIHostPort  int        `json:"apiHostPort"`  // host port forwarded to it
+	NodePortFrom int        `json:"nodePortFrom"` // also the API server's --service-node-port-range
+	NodePortTo   int        `json:"nodePortTo"`
+	Provisioning string     `json:"provisioning"`
+	Butane       []string   `json:"butane,omitempty"` // absolute paths of Butane snippets
+	Nodes        []Node     `json:"nodes"`
 }
 
 // Node is one VM of a cluster.

@@ -1,0 +1,71 @@
+package nodeconfig
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kubelab/kubelab/internal/plan"
+	"github.com/kubelab/kubelab/internal/spec"
+)
+
+// Every control plane of an HA cluster is a VRRP peer of exactly the
+// others, with its own priority and the same virtual address; nodes of
+// clusters with one control plane get no keepalived at all.
+func TestAPIVirtualAddressPeers(t *testing.T) {
+	p := planFor(t, labSpec("routes", "", haNodes...))
+	c := p.Clusters[0]
+	nodes := buildAll(t, p, func(plan.Cluster) Credentials { return newFakeCreds() })
+	field := func(conf, key string) []string {
+		return regexp.MustCompile(`(?m)^\s*` + key + `\s+(\S+)`).FindStringSubmatch(conf)
+	}
+	priorities := map[string]bool{}
+	routerIDs := map[string]bool{}
+	for _, cp := range c.NodesWithRole(spec.RoleControlPlane) {
+		f, ok := fileByPath(nodes[cp.Name], KeepalivedConfig)
+		if !ok {
+			t.Fatalf("%s has no %s", cp.Name, KeepalivedConfig)
+		}
+		conf := string(f.Contents)
+		if m := field(conf, "unicast_src_ip"); m == nil || m[1] != cp.Address.String() {
+			t.Errorf("%s: unicast_src_ip %v, want its own address %s", cp.Name, m, cp.Address)
+		}
+		peerBlock := regexp.MustCompile(`(?s)unicast_peer \{(.*?)\}`).FindStringSubmatch(conf)
+		if peerBlock == nil {
+			t.Fatalf("%s: no unicast_peer block:\n%s", cp.Name, conf)
+		}
+		var want []string
+		for _, o := range c.NodesWithRole(spec.RoleControlPlane) {
+			if o.Name != cp.Name {
+				want = append(want, o.Address.String())
+			}
+		}
+		if got := strings.Fields(peerBlock[1]); !slices.Equal(got, want) {
+			t.Errorf("%s: peers %v, want %v", cp.Name, got, want)
+		}
+		if !strings.Contains(conf, c.APIVIP.String()+"/24 dev eth0") {
+			t.Errorf("%s: virtual address %s/24 on eth0 missing:\n%s", cp.Name, c.APIVIP, conf)
+		}
+		for _, must := range []string{"state BACKUP", "nopreempt", "track_script", "/dev/tcp/127.0.0.1/6443"} {
+			if !strings.Contains(conf, must) {
+				t.Errorf("%s: %q missing", cp.Name, must)
+			}
+		}
+		priorities[field(conf, "priority")[1]] = true
+		routerIDs[field(conf, "virtual_router_id")[1]] = true
+	}
+	if len(priorities) != 3 || len(routerIDs) != 1 {
+		t.Errorf("priorities %v (want 3 distinct), router IDs %v (want one shared)", priorities, routerIDs)
+	}
+	if _, ok := fileByPath(nodes["w1"], KeepalivedConfig); ok {
+		t.Error("worker w1 got a keepalived configuration")
+	}
+
+	single := planFor(t, labSpec("routes", "", defaultNodes...))
+	for name, n := range buildAll(t, single, func(plan.Cluster) Credentials { return newFakeCreds() }) {
+		if _, ok := fileByPath(n, KeepalivedConfig); ok || slices.Contains(n.Enable, "keepalived.service") {
+			t.Errorf("%s of a one-control-plane cluster runs keepalived", name)
+		}
+	}
+}
