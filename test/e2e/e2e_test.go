@@ -24,8 +24,7 @@ import (
 	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
-// A lab of one control plane with stacked etcd and one worker: the smallest
-// cluster with a real kubelet, as the issue asks.
+// labYAML is a test lab: name, hypervisor, provisioning, then its nodes.
 const labYAML = `apiVersion: kubelab.dev/v1alpha1
 kind: Lab
 name: %s
@@ -36,12 +35,30 @@ defaults:
 clusters:
   - name: k1
     nodes:
-      - name: cp1
-        roles: [control-plane, etcd]
-      - name: w1
-        roles: [worker]
-        cpus: 2   # pod sandboxes start in parallel; measured faster than one vCPU under TCG
-`
+%s`
+
+// smallNodes are one control plane with stacked etcd and one worker: the
+// smallest cluster with a real kubelet.
+var smallNodes = []string{"cp1", "w1"}
+
+// haNodes are the HA topology at its smallest: three control planes with
+// stacked etcd (one can be lost) and one worker.
+var haNodes = []string{"cp1", "cp2", "cp3", "w1"}
+
+// nodesYAML writes the nodes of a test lab: cpN are control planes with
+// stacked etcd, wN workers.
+func nodesYAML(names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		if strings.HasPrefix(n, "cp") {
+			fmt.Fprintf(&b, "      - name: %s\n        roles: [control-plane, etcd]\n", n)
+			continue
+		}
+		// Pod sandboxes start in parallel; measured faster than one vCPU under TCG.
+		fmt.Fprintf(&b, "      - name: %s\n        roles: [worker]\n        cpus: 2\n", n)
+	}
+	return b.String()
+}
 
 // Addresses of the LAN link between the host namespace and the LAN client.
 const (
@@ -58,6 +75,7 @@ type harness struct {
 	lab    string
 	// hypervisor is lab.yaml's: qemu or libvirt.
 	hypervisor string
+	nodes      []string // the lab's node names
 	env        []string
 	log        *os.File
 }
@@ -80,10 +98,10 @@ func requireTools(t *testing.T, tools ...string) {
 	}
 }
 
-// newHarness makes the namespaces and the lab.yaml of a test lab run by
-// hypervisor (qemu, or libvirt: then a libvirtd runs in the host
-// namespace for the test's duration, as it would on a host).
-func newHarness(t *testing.T, provisioning, hypervisor string) *harness {
+// newHarness makes the namespaces and the lab.yaml of a test lab of nodes
+// (see nodesYAML) run by hypervisor (qemu, or libvirt: then a libvirtd runs
+// in the host namespace for the test's duration, as it would on a host).
+func newHarness(t *testing.T, provisioning, hypervisor string, nodes []string) *harness {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots VMs; skipped with -short")
@@ -93,7 +111,7 @@ func newHarness(t *testing.T, provisioning, hypervisor string) *harness {
 		requireTools(t, "libvirtd", "virtlogd", "virsh")
 	}
 	suffix := randomSuffix()
-	h := &harness{t: t, dir: t.TempDir(), lab: "e2e" + suffix[:4], hypervisor: hypervisor,
+	h := &harness{t: t, dir: t.TempDir(), lab: "e2e" + suffix[:4], hypervisor: hypervisor, nodes: nodes,
 		hostNS: "kle2e-host-" + suffix, lanNS: "kle2e-lan-" + suffix}
 	h.bin = buildKubelab(t)
 	var err error
@@ -103,7 +121,7 @@ func newHarness(t *testing.T, provisioning, hypervisor string) *harness {
 	// The user's kubeconfig lives inside the test's own directory, so the
 	// context merge and its removal are observable and touch nothing else.
 	h.env = append(os.Environ(), "KUBECONFIG="+filepath.Join(h.dir, "user-kube", "config"))
-	if err := os.WriteFile(filepath.Join(h.dir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, h.lab, hypervisor, provisioning)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.dir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, h.lab, hypervisor, provisioning, nodesYAML(nodes))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	h.sh("ip", "netns", "add", h.hostNS)
@@ -129,7 +147,7 @@ func newHarness(t *testing.T, provisioning, hypervisor string) *harness {
 // namespaces, so even a failure leaves nothing running.
 func (h *harness) cleanup() {
 	if h.t.Failed() {
-		for _, n := range []string{"cp1", "w1"} {
+		for _, n := range h.nodes {
 			console := filepath.Join(h.dir, "clusters", "k1", "nodes", n, "console.log")
 			h.t.Logf("--- console of %s (tail) ---\n%s", n, tail(console, 40))
 		}
