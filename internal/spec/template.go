@@ -74,7 +74,8 @@ hypervisor: %s             # qemu (KVM where it works, else software emulation) 
 #   uri: qemu:///system          # with hypervisor: libvirt; a local libvirtd (qemu:///session for a user)
 
 # The lab network on the host: a bridge, NAT, and host port forwards
-#   ssh 80NN -> .NN:22, API 810k -> first control plane of cluster k,
+#   ssh 80NN -> .NN:22, API 810k -> cluster k's API endpoint (its control plane,
+#   or with two or more the virtual address .10k+9 that keepalived moves),
 #   NodePorts 3k000-3k999 -> cluster k.
 network:
   cidr: %s
