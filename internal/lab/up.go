@@ -63,6 +63,11 @@ type Env struct {
 	compatOnce sync.Once
 	compat     string
 	compatErr  error
+
+	// rendered holds each node's configuration from the last render
+	// phase, by node name; boot brings nodes that run already up to its
+	// network.
+	rendered map[string]nodeconfig.Node
 }
 
 // Timeouts bound each wait of `up`. Defaults are for software emulation
@@ -220,8 +225,15 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 }
 
 func (e *Env) render() error {
-	_, err := Render(RenderInput{Layout: e.Layout, Lab: e.Lab, Plan: e.Plan, Versions: e.Versions, Clusters: e.Clusters})
-	return err
+	res, err := Render(RenderInput{Layout: e.Layout, Lab: e.Lab, Plan: e.Plan, Versions: e.Versions, Clusters: e.Clusters})
+	if err != nil {
+		return err
+	}
+	e.rendered = map[string]nodeconfig.Node{}
+	for _, rn := range res.Nodes {
+		e.rendered[rn.Node] = rn.Config
+	}
+	return nil
 }
 
 func (e *Env) describeNetwork() string {
@@ -403,6 +415,7 @@ func (e *Env) bootNode(ctx context.Context, m driver.Machine) error {
 	} else {
 		e.Progress.Status(m.Name, "running, reading its console")
 	}
+	wasRunning := state == driver.StateRunning
 	// A node that was already running has printed its marker in the
 	// current boot; from=0 finds it (or a later one) in the log.
 	alive := func() bool {
@@ -419,6 +432,21 @@ func (e *Env) bootNode(ctx context.Context, m driver.Machine) error {
 	if err := driver.WaitConsoleWith(ctx, console, from, marker, driver.WaitOptions{Alive: alive, Observe: observe}); err != nil {
 		e.Progress.Final(m.Name, "failed during stage "+stages.Stage())
 		return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
+	}
+	c, n, _ := e.Plan.Node(m.Name)
+	if cfg, ok := e.rendered[m.Name]; ok && (wasRunning || n.Provisioning == spec.ProvisionCloudInit) {
+		// It was provisioned with the lab as it was then; nodes may
+		// have come or gone since.
+		e.Progress.Status(m.Name, "running, bringing its routes and hosts up to date")
+		changes, err := e.syncNetwork(ctx, c, n, cfg)
+		if err != nil {
+			e.Progress.Final(m.Name, "failed to update its network")
+			return err
+		}
+		if len(changes) > 0 {
+			e.Progress.Final(m.Name, "ready; "+strings.Join(changes, ", "))
+			return nil
+		}
 	}
 	e.Progress.Final(m.Name, driver.StageReady)
 	return nil
