@@ -63,7 +63,7 @@ func TestNetworkSyncScript(t *testing.T) {
 	in("ip", "link", "set", "eth0", "up")
 	in("ip", "route", "add", toW2.To.String(), "via", "192.168.100.50", "dev", "eth0") // via the wrong node
 	in("ip", "route", "add", "172.16.99.0/24", "via", "192.168.100.99", "dev", "eth0") // a node that left
-	in("ip", "route", "add", "172.16.77.0/24", "dev", "eth0")                         // no gateway: not kubelab's
+	in("ip", "route", "add", "172.16.77.0/24", "dev", "eth0")                          // no gateway: not kubelab's
 
 	root := t.TempDir()
 	for _, d := range []string{"etc/systemd/network"} {
