@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/kubelab/kubelab/internal/nodeconfig"
 	"github.com/kubelab/kubelab/internal/plan"
@@ -126,9 +127,22 @@ func (e *Env) syncNetwork(ctx context.Context, c plan.Cluster, n plan.Node, cfg 
 	if err != nil {
 		return nil, err
 	}
-	out, err := e.sshOutput(ctx, n, script)
-	if err != nil {
-		return nil, fmt.Errorf("bring %s's routes and hosts up to date: %w", n.Name, err)
+	// Right after its marker a node's sshd may still be starting: a few
+	// tries. The script is idempotent, so a repeat is harmless.
+	var out string
+	for attempt := 1; ; attempt++ {
+		out, err = e.sshOutput(ctx, n, script)
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			return nil, fmt.Errorf("bring %s's routes and hosts up to date: %w", n.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("bring %s's routes and hosts up to date: %w (last: %v)", n.Name, ctx.Err(), err)
+		case <-time.After(5 * time.Second):
+		}
 	}
 	var changes []string
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
