@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -121,6 +122,10 @@ func TestHACloudInitLibvirt(t *testing.T) {
 	h.requireReady()
 	h.requireDomains("running")
 	step("start")
+	if extraScenarios() {
+		h.addWorkerLater()
+		step("worker added")
+	}
 	h.kubelab(shortTimeout, "destroy")
 	if d := before.diff(h.residue()); len(d) > 0 {
 		t.Fatalf("destroy left residue:\n%s", strings.Join(d, "\n"))
@@ -238,4 +243,59 @@ func (h *harness) etcdHealthy(want int) {
 			h.t.Fatalf("etcd does not report %d healthy members:\n%s", want, out)
 		}
 	}
+}
+
+// addWorkerLater adds w2 to lab.yaml of the running cluster and runs up:
+// w2 boots and is Ready, and the nodes that were running learn of it
+// without a restart (The Hard Way's static routes): w1 and a control
+// plane route w2's pod CIDR via w2 and have it in /etc/hosts, and w2
+// routes w1's.
+func (h *harness) addWorkerLater() {
+	h.t.Helper()
+	spec := filepath.Join(h.dir, "lab.yaml")
+	data := readFile(h.t, spec)
+	if err := os.WriteFile(spec, []byte(data+nodesYAML([]string{"w2"})), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	h.nodes = append(h.nodes, "w2")
+	h.kubelab(upTimeout, "up")
+	h.requireDomains("running")
+	if out, err := h.kubectl("get", "node", "w2", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`); err != nil || out != "True" {
+		h.t.Fatalf("w2 Ready=%q %v", out, err)
+	}
+	pods := h.podCIDRs()
+	addrs := h.nodeAddrs()
+	for _, c := range []struct{ on, to string }{{"w1", "w2"}, {"cp2", "w2"}, {"w2", "w1"}} {
+		out := h.kubelab(shortTimeout, "ssh", c.on, "ip", "-4", "route", "show", pods[c.to])
+		if !strings.Contains(out, "via "+addrs[c.to]) {
+			h.t.Errorf("%s has no route to %s's pod CIDR %s via %s:\n%s", c.on, c.to, pods[c.to], addrs[c.to], out)
+		}
+		if hosts := h.kubelab(shortTimeout, "ssh", c.on, "cat", "/etc/hosts"); !strings.Contains(hosts, addrs[c.to]+"\t"+c.to) {
+			h.t.Errorf("%s's /etc/hosts lacks %s:\n%s", c.on, c.to, hosts)
+		}
+	}
+}
+
+// podCIDRs maps workers to their pod CIDRs from kubelab's plan.
+func (h *harness) podCIDRs() map[string]string {
+	h.t.Helper()
+	out := h.kubelab(shortTimeout, "plan", "-o", "json")
+	var p struct {
+		Clusters []struct {
+			Nodes []struct {
+				Name    string `json:"name"`
+				PodCIDR string `json:"podCIDR"`
+			} `json:"nodes"`
+		} `json:"clusters"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &p); err != nil || len(p.Clusters) != 1 {
+		h.t.Fatalf("plan -o json: %v\n%s", err, out)
+	}
+	m := map[string]string{}
+	for _, n := range p.Clusters[0].Nodes {
+		if n.PodCIDR != "" {
+			m[n.Name] = n.PodCIDR
+		}
+	}
+	return m
 }
