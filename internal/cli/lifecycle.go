@@ -41,12 +41,13 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 	if err != nil {
 		return nil, err
 	}
-	d, err := hypervisor.New(l)
+	layout := lab.Layout{Dir: dir}
+	d, err := hypervisor.New(l, layout.ImageKernel(l.Defaults.Image))
 	if err != nil {
 		return nil, err
 	}
 	return &lab.Env{
-		Layout:   lab.Layout{Dir: dir},
+		Layout:   layout,
 		Lab:      l,
 		Plan:     p,
 		Versions: versions.Default(),

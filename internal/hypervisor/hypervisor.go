@@ -19,7 +19,7 @@ import (
 // host. A hypervisor lab.yaml knows but kubelab has no driver for yet has
 // only a note.
 type entry struct {
-	newDriver func(l *spec.Lab) driver.Driver
+	newDriver func(l *spec.Lab, probeKernel string) driver.Driver
 	// tools are the programs the driver runs, with the Debian packages
 	// that bring them.
 	tools   map[string]string
@@ -30,11 +30,13 @@ var qemuTools = map[string]string{"qemu-system-x86_64": "qemu-system-x86", "qemu
 
 var registry = map[string]entry{
 	spec.HypervisorQEMU: {
-		newDriver: func(*spec.Lab) driver.Driver { return qemu.New(qemu.Options{}) },
+		newDriver: func(_ *spec.Lab, k string) driver.Driver { return qemu.New(qemu.Options{ProbeKernel: k}) },
 		tools:     qemuTools,
 	},
 	spec.HypervisorLibvirt: {
-		newDriver: func(l *spec.Lab) driver.Driver { return libvirt.New(libvirt.Options{URI: l.Libvirt.URI}) },
+		newDriver: func(l *spec.Lab, k string) driver.Driver {
+			return libvirt.New(libvirt.Options{URI: l.Libvirt.URI, ProbeKernel: k})
+		},
 		// libvirtd runs QEMU; kubelab makes the disks itself.
 		tools: qemuTools,
 	},
@@ -48,7 +50,9 @@ type daemonChecker interface {
 
 // New returns the driver for the lab's hypervisor. It does not look at
 // the host: commands that only read or remove a lab work without it.
-func New(l *spec.Lab) (driver.Driver, error) {
+// probeKernel is a Linux kernel the driver boots to learn whether KVM
+// really works here (the lab's image kernel; it may not exist yet).
+func New(l *spec.Lab, probeKernel string) (driver.Driver, error) {
 	e, ok := registry[l.Hypervisor]
 	if !ok {
 		return nil, fmt.Errorf("hypervisor: %q is not one of %s", l.Hypervisor, strings.Join(Names(), ", "))
@@ -56,13 +60,13 @@ func New(l *spec.Lab) (driver.Driver, error) {
 	if e.newDriver == nil {
 		return nil, fmt.Errorf("hypervisor: %s: %s; use hypervisor: %s", l.Hypervisor, e.missing, spec.HypervisorQEMU)
 	}
-	return e.newDriver(l), nil
+	return e.newDriver(l, probeKernel), nil
 }
 
 // Check reports what this host lacks to run machines under the lab's
 // hypervisor, naming the lab.yaml field and what to install or start.
 func Check(l *spec.Lab) error {
-	d, err := New(l)
+	d, err := New(l, "")
 	if err != nil {
 		return err
 	}

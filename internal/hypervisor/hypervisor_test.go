@@ -33,7 +33,7 @@ func TestNewAndCheck(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("PATH", tc.path)
 			lab := &spec.Lab{Hypervisor: tc.hypervisor, Libvirt: spec.Libvirt{URI: "qemu:///system?socket=/nonexistent/libvirt-sock"}}
-			d, err := New(lab)
+			d, err := New(lab, "")
 			if tc.newErr == "" {
 				if err != nil || d == nil || d.Name() != tc.hypervisor {
 					t.Fatalf("New(%q) = %v, %v", tc.hypervisor, d, err)

@@ -1,6 +1,10 @@
 package lab
 
-import "path/filepath"
+import (
+	"path/filepath"
+
+	"github.com/kubelab/kubelab/internal/image"
+)
 
 // Layout names every path in a lab directory (see DESIGN.md).
 type Layout struct{ Dir string }
@@ -14,7 +18,13 @@ func (l Layout) Node(c, n string) string { return filepath.Join(l.Cluster(c), "n
 func (l Layout) HostKey(c, n string) string {
 	return filepath.Join(l.Node(c, n), "ssh_host_ed25519_key")
 }
-func (l Layout) Images() string             { return filepath.Join(l.Dir, "images") }
+func (l Layout) Images() string { return filepath.Join(l.Dir, "images") }
+
+// ImageKernel is the kernel of the named image in the lab (direct boot).
+func (l Layout) ImageKernel(name string) string {
+	return filepath.Join(l.Images(), name, image.KernelFile)
+}
+
 func (l Layout) Timings(cmd string) string  { return filepath.Join(l.Dir, "timings-"+cmd+".json") }
 func (l Layout) HostNet() string            { return filepath.Join(l.Dir, "hostnet") }
 func (l Layout) Kubeconfig(c string) string { return filepath.Join(l.Cluster(c), "kubeconfig") }

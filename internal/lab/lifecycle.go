@@ -154,7 +154,9 @@ func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, erro
 	}
 	e.Clusters = []string{c.Name}
 	one := []plan.Cluster{{Name: c.Name, Nodes: []plan.Node{n}}}
-	t := e.timeouts(ctx)
+	// Asked when used: the KVM probe boots the image's kernel, which the
+	// image phase may only now have put in place.
+	t := func() Timeouts { return e.timeouts(ctx) }
 	phases := []Phase{
 		{Name: "render", Describe: func() string { return "render the cluster's configuration again (keys are reused)" },
 			Run: func(ctx context.Context) error { return e.render() }},
@@ -168,19 +170,19 @@ func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, erro
 				return e.Driver.Create(ctx, m)
 			}},
 		{Name: "boot", Describe: func() string { return "boot it and wait for its readiness marker" },
-			Run: func(ctx context.Context) error { return e.boot(ctx, one, t.Boot) }},
+			Run: func(ctx context.Context) error { return e.boot(ctx, one, t().Boot) }},
 	}
 	if n.HasRole(spec.RoleEtcd) {
 		phases = append(phases, Phase{Name: "etcd", Describe: func() string { return "wait for its etcd member to be healthy" },
-			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, one, t.Etcd) }})
+			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, one, t().Etcd) }})
 	}
 	if n.HasRole(spec.RoleControlPlane) {
 		phases = append(phases, Phase{Name: "apiserver", Describe: func() string { return "wait for the API server" },
-			Run: func(ctx context.Context) error { return e.waitAPI(ctx, []plan.Cluster{c}, t.APIServer) }})
+			Run: func(ctx context.Context) error { return e.waitAPI(ctx, []plan.Cluster{c}, t().APIServer) }})
 	}
 	if n.HasRole(spec.RoleWorker) {
 		phases = append(phases, Phase{Name: "node", Describe: func() string { return "wait until it is Ready again" },
-			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t.Nodes) }})
+			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t().Nodes) }})
 	}
 	return phases, nil
 }

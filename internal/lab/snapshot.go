@@ -356,7 +356,9 @@ func (e *Env) SnapshotRestorePhases(ctx context.Context, c plan.Cluster, name st
 		return nil, err
 	}
 	dir := e.Layout.Snapshot(c.Name, name)
-	t := e.timeouts(ctx)
+	// Asked when used: the KVM probe boots the image's kernel, which the
+	// image phase may only now have put in place.
+	t := func() Timeouts { return e.timeouts(ctx) }
 	one := []plan.Cluster{c}
 	return []Phase{
 		{Name: "check", Describe: func() string {
@@ -391,9 +393,9 @@ func (e *Env) SnapshotRestorePhases(ctx context.Context, c plan.Cluster, name st
 		{Name: "clock", Describe: func() string { return "step every node's clock to the host's" },
 			Run: func(ctx context.Context) error { return e.stepClocks(ctx, c.Nodes) }},
 		{Name: "apiserver", Describe: func() string { return "wait for the API server's /readyz" },
-			Run: func(ctx context.Context) error { return e.waitAPI(ctx, one, t.APIServer) }},
+			Run: func(ctx context.Context) error { return e.waitAPI(ctx, one, t().APIServer) }},
 		{Name: "nodes", Describe: func() string { return "wait until every worker is Ready" },
-			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t.Nodes) }},
+			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t().Nodes) }},
 	}, nil
 }
 

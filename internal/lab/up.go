@@ -183,7 +183,9 @@ func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driv
 // lab in any state (nothing, partial, stopped, crashed) they bring it to
 // Ready without duplicating anything.
 func (e *Env) UpPhases(ctx context.Context) []Phase {
-	t := e.timeouts(ctx)
+	// Asked when used: the KVM probe boots the image's kernel, which the
+	// image phase may only now have put in place.
+	t := func() Timeouts { return e.timeouts(ctx) }
 	cls := e.clusters()
 	return []Phase{
 		{Name: "render", Describe: func() string { return "write PKI, ssh keys and node configurations into " + e.Layout.Dir },
@@ -204,21 +206,21 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 		{Name: "disks", Describe: func() string { return "create a qcow2 overlay disk and config medium per node" },
 			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Create) }},
 		{Name: "boot", Describe: func() string {
-			return fmt.Sprintf("start every node and wait for %q on its console (up to %s)", versions.ReadyMarker, t.Boot)
+			return fmt.Sprintf("start every node and wait for %q on its console (up to %s)", versions.ReadyMarker, t().Boot)
 		},
-			Run: func(ctx context.Context) error { return e.boot(ctx, cls, t.Boot) }},
+			Run: func(ctx context.Context) error { return e.boot(ctx, cls, t().Boot) }},
 		{Name: "etcd", Describe: func() string {
-			return fmt.Sprintf("wait for /health on every etcd member over mTLS (up to %s)", t.Etcd)
+			return fmt.Sprintf("wait for /health on every etcd member over mTLS (up to %s)", t().Etcd)
 		},
-			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, cls, t.Etcd) }},
-		{Name: "apiserver", Describe: func() string { return fmt.Sprintf("wait for the API server's /readyz (up to %s)", t.APIServer) },
-			Run: func(ctx context.Context) error { return e.waitAPI(ctx, cls, t.APIServer) }},
+			Run: func(ctx context.Context) error { return e.waitEtcd(ctx, cls, t().Etcd) }},
+		{Name: "apiserver", Describe: func() string { return fmt.Sprintf("wait for the API server's /readyz (up to %s)", t().APIServer) },
+			Run: func(ctx context.Context) error { return e.waitAPI(ctx, cls, t().APIServer) }},
 		{Name: "addons", Describe: func() string { return "apply RBAC (as super-admin) and CoreDNS (as admin)" },
-			Run: func(ctx context.Context) error { return e.applyAddons(ctx, cls, t.Addons) }},
-		{Name: "nodes", Describe: func() string { return fmt.Sprintf("wait until every worker is Ready (up to %s)", t.Nodes) },
-			Run: func(ctx context.Context) error { return e.waitNodes(ctx, cls, t.Nodes) }},
-		{Name: "dns", Describe: func() string { return fmt.Sprintf("wait until CoreDNS is available (up to %s)", t.Addons) },
-			Run: func(ctx context.Context) error { return e.waitDNS(ctx, cls, t.Addons) }},
+			Run: func(ctx context.Context) error { return e.applyAddons(ctx, cls, t().Addons) }},
+		{Name: "nodes", Describe: func() string { return fmt.Sprintf("wait until every worker is Ready (up to %s)", t().Nodes) },
+			Run: func(ctx context.Context) error { return e.waitNodes(ctx, cls, t().Nodes) }},
+		{Name: "dns", Describe: func() string { return fmt.Sprintf("wait until CoreDNS is available (up to %s)", t().Addons) },
+			Run: func(ctx context.Context) error { return e.waitDNS(ctx, cls, t().Addons) }},
 		{Name: "kubeconfig", Describe: func() string { return "write each cluster's kubeconfig and merge its context into the user's" },
 			Run: func(ctx context.Context) error { return e.writeKubeconfigs(cls) }},
 	}

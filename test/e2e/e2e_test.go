@@ -143,6 +143,24 @@ func newHarness(t *testing.T, provisioning, hypervisor string, nodes []string) *
 	return h
 }
 
+// journals logs the tail of the control-plane services' journals of every
+// control plane that still answers ssh: what a failed wait for the API
+// server or etcd needs to be understood from a CI log.
+func (h *harness) journals() {
+	for _, n := range h.nodes {
+		if !strings.HasPrefix(n, "cp") {
+			continue
+		}
+		out, err := h.kubelabErr(shortTimeout, "ssh", n, "journalctl", "--no-pager", "-o", "short-monotonic",
+			"-u", "etcd", "-u", "kube-apiserver", "-u", "keepalived", "-n", "60")
+		if err != nil {
+			h.t.Logf("--- journal of %s: ssh failed: %v", n, err)
+			continue
+		}
+		_ = out // kubelabErr has logged it
+	}
+}
+
 // cleanup kills whatever VMs are left (a failed test) and deletes both
 // namespaces, so even a failure leaves nothing running.
 func (h *harness) cleanup() {
@@ -151,6 +169,7 @@ func (h *harness) cleanup() {
 			console := filepath.Join(h.dir, "clusters", "k1", "nodes", n, "console.log")
 			h.t.Logf("--- console of %s (tail) ---\n%s", n, tail(console, 40))
 		}
+		h.journals()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -53,8 +53,11 @@ type Options struct {
 	// QEMUImg makes the node disks (default qemu-img from PATH).
 	QEMUImg string
 	// Accel forces "kvm" or "tcg"; empty asks libvirt and, when it offers
-	// KVM, checks that a guest actually runs under it here.
+	// KVM, checks that a Linux kernel actually boots under it here.
 	Accel string
+	// ProbeKernel is the kernel that check boots when no machine's kernel
+	// is at hand (the lab's image; it may not exist yet).
+	ProbeKernel string
 	// StopTimeout is how long Stop waits after the ACPI power button
 	// before it destroys the domain (default 3 minutes).
 	StopTimeout time.Duration
@@ -66,9 +69,11 @@ type Options struct {
 type Driver struct {
 	opts Options
 
-	probeOnce sync.Once
-	accel     string
-	accelErr  error
+	probe      *qemu.KVMProbe
+	capsOnce   sync.Once
+	emulator   string
+	kvmOffered bool
+	capsErr    error
 
 	connMu sync.Mutex
 	conn   *golibvirt.Libvirt
@@ -89,7 +94,7 @@ func New(opts Options) *Driver {
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = 3 * time.Minute
 	}
-	return &Driver{opts: opts}
+	return &Driver{opts: opts, probe: &qemu.KVMProbe{Kernel: opts.ProbeKernel}}
 }
 
 // Name implements driver.Driver.
@@ -152,35 +157,42 @@ func sessionSocket() string {
 }
 
 // Accelerator implements driver.Accelerated: "kvm" when libvirt offers
-// KVM domains for x86_64 and a guest really runs under KVM here (some
-// hosts have /dev/kvm but cannot run the host CPU model), else "tcg".
+// KVM domains for x86_64 and a Linux kernel really boots under KVM here
+// (see qemu.KVMProbe), else "tcg".
 func (d *Driver) Accelerator(ctx context.Context) (string, error) {
-	d.probeOnce.Do(func() {
-		switch d.opts.Accel {
-		case qemu.AccelKVM, qemu.AccelTCG:
-			d.accel = d.opts.Accel
-			return
-		case "":
-		default:
-			d.accelErr = fmt.Errorf("libvirt: unknown accelerator %q (kvm or tcg)", d.opts.Accel)
-			return
-		}
+	return d.accelerator(ctx, "")
+}
+
+// accelerator is Accelerator for a guest of the given kernel (empty: the
+// probe's default).
+func (d *Driver) accelerator(ctx context.Context, kernel string) (string, error) {
+	switch d.opts.Accel {
+	case qemu.AccelKVM, qemu.AccelTCG, "":
+	default:
+		return "", fmt.Errorf("libvirt: unknown accelerator %q (kvm or tcg)", d.opts.Accel)
+	}
+	if d.opts.Accel != "" {
+		return d.opts.Accel, nil
+	}
+	d.capsOnce.Do(func() {
 		c, err := d.connect()
 		if err != nil {
-			d.accelErr = err
+			d.capsErr = err
 			return
 		}
-		emulator, kvm, err := capabilities(c)
-		if err != nil {
-			d.accelErr = err
-			return
-		}
-		d.accel = qemu.AccelTCG
-		if kvm {
-			d.accel, d.accelErr = qemu.ProbeKVM(ctx, emulator)
-		}
+		d.emulator, d.kvmOffered, d.capsErr = capabilities(c)
 	})
-	return d.accel, d.accelErr
+	if d.capsErr != nil {
+		return "", d.capsErr
+	}
+	if !d.kvmOffered {
+		return qemu.AccelTCG, nil
+	}
+	a, err := d.probe.Answer(ctx, d.emulator, "", kernel)
+	if err != nil {
+		return "", fmt.Errorf("libvirt: %w", err)
+	}
+	return a, nil
 }
 
 // capabilities reads libvirt's capabilities: the x86_64 emulator and
@@ -216,8 +228,8 @@ func capabilities(c *golibvirt.Libvirt) (emulator string, kvm bool, err error) {
 	return emulator, kvm, nil
 }
 
-func (d *Driver) domainType(ctx context.Context) (string, error) {
-	accel, err := d.Accelerator(ctx)
+func (d *Driver) domainType(ctx context.Context, kernel string) (string, error) {
+	accel, err := d.accelerator(ctx, kernel)
 	if err != nil {
 		return "", err
 	}
@@ -245,7 +257,7 @@ func (d *Driver) Describe(ctx context.Context, m driver.Machine) (string, error)
 	if err := d.check(m); err != nil {
 		return "", err
 	}
-	typ, err := d.domainType(ctx)
+	typ, err := d.domainType(ctx, m.Kernel)
 	if err != nil {
 		return "", err
 	}
@@ -314,7 +326,7 @@ func (d *Driver) Create(ctx context.Context, m driver.Machine) error {
 	if _, err := os.Stat(m.BaseImage); err != nil {
 		return fmt.Errorf("machine %s: base image: %w", m.ID(), err)
 	}
-	typ, err := d.domainType(ctx)
+	typ, err := d.domainType(ctx, m.Kernel)
 	if err != nil {
 		return err
 	}
@@ -382,7 +394,7 @@ func (d *Driver) Start(ctx context.Context, m driver.Machine) error {
 		return err
 	}
 	if !dom.found {
-		typ, err := d.domainType(ctx)
+		typ, err := d.domainType(ctx, m.Kernel)
 		if err != nil {
 			return err
 		}

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -52,9 +51,12 @@ type Options struct {
 	// QEMU and QEMUImg are the binaries (default qemu-system-x86_64 and
 	// qemu-img, looked up in PATH).
 	QEMU, QEMUImg string
-	// Accel forces "kvm" or "tcg"; empty probes KVM once and uses it when
-	// a guest actually runs under it.
+	// Accel forces "kvm" or "tcg"; empty uses KVM when a Linux kernel
+	// boots under it here (probed once per kernel).
 	Accel string
+	// ProbeKernel is the kernel that probe boots when no machine's kernel
+	// is at hand (the lab's image; it may not exist yet).
+	ProbeKernel string
 	// StopTimeout is how long Stop waits for the guest to power off after
 	// the ACPI power button before it quits QEMU (default 3 minutes: a
 	// Kubernetes node under TCG can take a while).
@@ -66,9 +68,7 @@ type Options struct {
 type Driver struct {
 	opts Options
 
-	probeOnce sync.Once
-	accel     string
-	accelErr  error
+	accel *KVMProbe
 }
 
 var (
@@ -89,7 +89,7 @@ func New(opts Options) *Driver {
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = 3 * time.Minute
 	}
-	return &Driver{opts: opts}
+	return &Driver{opts: opts, accel: &KVMProbe{Kernel: opts.ProbeKernel}}
 }
 
 // Name implements driver.Driver.
@@ -442,9 +442,9 @@ func (d *Driver) Describe(ctx context.Context, m driver.Machine) (string, error)
 
 // command is the full argv Start runs: QEMU, inside the namespace if any.
 func (d *Driver) command(ctx context.Context, m driver.Machine) ([]string, error) {
-	accel, err := d.Accelerator(ctx)
+	accel, err := d.accel.Answer(ctx, d.opts.QEMU, d.opts.Accel, m.Kernel)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("machine %s: %w", m.ID(), err)
 	}
 	argv := append([]string{d.opts.QEMU}, Args(m, accel)...)
 	if m.Netns != "" {
