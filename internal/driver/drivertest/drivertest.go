@@ -408,6 +408,7 @@ func StartLibvirtd(t testing.TB, ns string) {
 			t.Fatal(err)
 		}
 	}
+	configureLibvirtd(t, ns)
 	logDir := t.TempDir()
 	start := func(name string, args ...string) {
 		log, err := os.Create(filepath.Join(logDir, name+".log"))
@@ -439,6 +440,35 @@ func StartLibvirtd(t testing.TB, ns string) {
 	waitSocket(t, "/run/libvirt/virtlogd-sock")
 	start("libvirtd")
 	waitSocket(t, LibvirtSocket)
+}
+
+// configureLibvirtd gives the test's libvirtd its own /etc/libvirt (ip
+// netns exec bind-mounts /etc/netns/<ns>/* over /etc), the host's plus
+// QEMU run as root, as kubelab's domains run anyway (static DAC label
+// +0:+0). libvirtd checks its cached QEMU capabilities against what the
+// run user may open: where /dev/kvm is root's alone (no kvm group, as on
+// this build machine) the KVM it probed as root looks gone to
+// libvirt-qemu, the cache is invalid on every lookup, and each domain
+// definition waits out a new probe, minutes in all (measured 2026-12-03).
+func configureLibvirtd(t testing.TB, ns string) {
+	t.Helper()
+	root := filepath.Join("/etc/netns", ns)
+	t.Cleanup(func() { os.RemoveAll(root) })
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", "/etc/libvirt", filepath.Join(root, "libvirt")).CombinedOutput(); err != nil {
+		t.Fatalf("copy /etc/libvirt for the test's libvirtd: %v\n%s", err, out)
+	}
+	conf := filepath.Join(root, "libvirt", "qemu.conf")
+	f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("\n# kubelab test: QEMU runs as root, as kubelab's domains do.\nuser = \"root\"\ngroup = \"root\"\n"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func waitSocket(t testing.TB, path string) {
