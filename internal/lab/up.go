@@ -79,7 +79,7 @@ type Timeouts struct {
 
 func (e *Env) timeouts(ctx context.Context) Timeouts {
 	t := e.Timeouts
-	def := Timeouts{Boot: 10 * time.Minute, Etcd: 5 * time.Minute, APIServer: 10 * time.Minute, Nodes: 10 * time.Minute, Addons: 10 * time.Minute}
+	def := Timeouts{Boot: 10 * time.Minute, Etcd: 5 * time.Minute, APIServer: apiServerTimeout(e.clusters()), Nodes: 10 * time.Minute, Addons: 10 * time.Minute}
 	if a, ok := e.Driver.(driver.Accelerated); ok {
 		if acc, err := a.Accelerator(ctx); err == nil && acc == "kvm" {
 			def = Timeouts{Boot: def.Boot / 4, Etcd: def.Etcd / 4, APIServer: def.APIServer / 4, Nodes: def.Nodes / 4, Addons: def.Addons / 4}
@@ -101,6 +101,19 @@ func (e *Env) timeouts(ctx context.Context) Timeouts {
 		t.Addons = def.Addons
 	}
 	return t
+}
+
+// apiServerTimeout is the default wait for /readyz under emulation: 10
+// minutes, and 5 more per further control plane of the largest cluster.
+// Every API server starts at once and they share the host's cores and one
+// etcd: three 1-vCPU control planes and a worker on two cores took 7m23s
+// (2026-12-03), one alone about 1.5 min.
+func apiServerTimeout(cls []plan.Cluster) time.Duration {
+	most := 1
+	for _, c := range cls {
+		most = max(most, len(c.NodesWithRole(spec.RoleControlPlane)))
+	}
+	return 10*time.Minute + time.Duration(most-1)*5*time.Minute
 }
 
 // out is where free text goes: through the progress reporter when there
