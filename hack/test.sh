@@ -4,7 +4,8 @@
 # that boot real VMs under QEMU inside network namespaces they create.
 # Usage: hack/test.sh [--e2e all] [extra go test flags, e.g. -run TestX]
 #   --e2e all  also runs the end-to-end scenarios that do not fit CI's time
-#              budget (listed in the README), on the same clusters.
+#              budget (listed in the README): extra steps on the same
+#              clusters, and the HA topology on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
