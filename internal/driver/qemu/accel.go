@@ -3,6 +3,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -66,15 +68,68 @@ func (p *KVMProbe) Answer(ctx context.Context, qemu, forced, kernel string) (str
 		}
 		return AccelTCG, nil
 	}
-	a, err := ProbeKVM(ctx, qemu, kernel)
-	if err != nil {
-		return "", err
+	cache := probeCacheFile(qemu, kernel)
+	a := readProbeCache(cache)
+	if a == "" {
+		var err error
+		if a, err = ProbeKVM(ctx, qemu, kernel); err != nil {
+			return "", err
+		}
+		writeProbeCache(cache, a)
 	}
 	if p.answers == nil {
 		p.answers = map[string]string{}
 	}
 	p.answers[kernel], p.last = a, a
 	return a, nil
+}
+
+// probeCacheFile is where a probe's answer is kept for later commands:
+// under the user's cache directory, named by a hash of what the answer
+// depends on (this boot of the host, the QEMU binary, the kernel file), so
+// a reboot, an upgrade or a new image asks again. Empty when there is no
+// cache directory. A host without working KVM would otherwise pay the
+// probe's timeout on every command that looks at machines.
+func probeCacheFile(qemu, kernel string) string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	h := sha256.New()
+	fmt.Fprintf(h, "boot %s\n", bytes.TrimSpace(bootID))
+	bin, _ := exec.LookPath(qemu)
+	for _, f := range []string{bin, kernel} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			return ""
+		}
+		fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return filepath.Join(dir, "kubelab", "kvm-probe", hex.EncodeToString(h.Sum(nil))[:32])
+}
+
+func readProbeCache(path string) string {
+	if path == "" {
+		return ""
+	}
+	data, err := os.ReadFile(path)
+	if a := string(bytes.TrimSpace(data)); err == nil && (a == AccelKVM || a == AccelTCG) {
+		return a
+	}
+	return ""
+}
+
+// writeProbeCache keeps an answer; failing to is no error (the next
+// command probes again).
+func writeProbeCache(path, answer string) {
+	if path == "" || os.MkdirAll(filepath.Dir(path), 0o755) != nil {
+		return
+	}
+	tmp := path + ".tmp"
+	if os.WriteFile(tmp, []byte(answer+"\n"), 0o644) == nil {
+		_ = os.Rename(tmp, path)
+	}
 }
 
 // ProbeKVM boots kernel alone (no initrd, no disk, no NIC) under KVM with

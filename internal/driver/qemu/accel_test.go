@@ -9,6 +9,7 @@ import (
 )
 
 func TestKVMProbeAnswers(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	notAKernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(notAKernel, []byte("not a kernel"), 0o644); err != nil {
 		t.Fatal(err)
@@ -48,6 +49,7 @@ func TestKVMProbeAnswers(t *testing.T) {
 // A kernel's answer stands for later questions without a kernel: the
 // machines started with it and the timeouts agree.
 func TestKVMProbeRemembersTheKernelsAnswer(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	notAKernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(notAKernel, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -61,5 +63,34 @@ func TestKVMProbeRemembersTheKernelsAnswer(t *testing.T) {
 	}
 	if got, _ := p.Answer(context.Background(), "qemu-system-x86_64", "", ""); got != AccelTCG {
 		t.Fatalf("later answer without a kernel = %q", got)
+	}
+}
+
+// A later command (a new probe value) takes the kept answer without
+// probing: a kept "kvm" for a file that is no kernel proves no boot was
+// tried. A changed kernel file asks again.
+func TestKVMProbeAnswerKeptForLaterCommands(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	kernel := filepath.Join(t.TempDir(), "vmlinuz")
+	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if a, err := (&KVMProbe{}).Answer(ctx, "qemu-system-x86_64", "", kernel); err != nil || a != AccelTCG {
+		t.Fatalf("first probe: %q %v", a, err)
+	}
+	cache := probeCacheFile("qemu-system-x86_64", kernel)
+	if got := readProbeCache(cache); got != AccelTCG {
+		t.Fatalf("kept answer in %s: %q", cache, got)
+	}
+	writeProbeCache(cache, AccelKVM)
+	if a, _ := (&KVMProbe{}).Answer(ctx, "qemu-system-x86_64", "", kernel); a != AccelKVM {
+		t.Fatalf("a later command probed again instead of taking the kept answer: %q", a)
+	}
+	if err := os.WriteFile(kernel, []byte("another kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := (&KVMProbe{}).Answer(ctx, "qemu-system-x86_64", "", kernel); a != AccelTCG {
+		t.Fatalf("a changed kernel took the old answer: %q", a)
 	}
 }
