@@ -453,7 +453,10 @@ func StartLibvirtd(t testing.TB, ns string) {
 func configureLibvirtd(t testing.TB, ns string) {
 	t.Helper()
 	root := filepath.Join("/etc/netns", ns)
-	t.Cleanup(func() { os.RemoveAll(root) })
+	t.Cleanup(func() {
+		os.RemoveAll(root)
+		os.Remove(filepath.Dir(root)) // only when empty: made for this test
+	})
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
