@@ -85,15 +85,20 @@ func (p *KVMProbe) Answer(ctx context.Context, qemu, forced, kernel string) (str
 }
 
 // probeCacheFile is where a probe's answer is kept for later commands:
-// under the user's cache directory, named by a hash of what the answer
-// depends on (this boot of the host, the QEMU binary, the kernel file), so
-// a reboot, an upgrade or a new image asks again. Empty when there is no
+// under kubelab's cache directory ($KUBELAB_CACHE, else the user's),
+// named by a hash of what the answer depends on (this boot of the host,
+// the QEMU binary, the kernel file), so a reboot, an upgrade or a new
+// image asks again. Empty when there is no
 // cache directory. A host without working KVM would otherwise pay the
 // probe's timeout on every command that looks at machines.
 func probeCacheFile(qemu, kernel string) string {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return ""
+	dir := os.Getenv("KUBELAB_CACHE") // as the component cache
+	if dir == "" {
+		d, err := os.UserCacheDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(d, "kubelab")
 	}
 	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	h := sha256.New()
@@ -106,7 +111,7 @@ func probeCacheFile(qemu, kernel string) string {
 		}
 		fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
 	}
-	return filepath.Join(dir, "kubelab", "kvm-probe", hex.EncodeToString(h.Sum(nil))[:32])
+	return filepath.Join(dir, "kvm-probe", hex.EncodeToString(h.Sum(nil))[:32])
 }
 
 func readProbeCache(path string) string {

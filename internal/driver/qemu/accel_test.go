@@ -9,7 +9,7 @@ import (
 )
 
 func TestKVMProbeAnswers(t *testing.T) {
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("KUBELAB_CACHE", t.TempDir())
 	notAKernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(notAKernel, []byte("not a kernel"), 0o644); err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func TestKVMProbeAnswers(t *testing.T) {
 // A kernel's answer stands for later questions without a kernel: the
 // machines started with it and the timeouts agree.
 func TestKVMProbeRemembersTheKernelsAnswer(t *testing.T) {
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("KUBELAB_CACHE", t.TempDir())
 	notAKernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(notAKernel, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func TestKVMProbeRemembersTheKernelsAnswer(t *testing.T) {
 // probing: a kept "kvm" for a file that is no kernel proves no boot was
 // tried. A changed kernel file asks again.
 func TestKVMProbeAnswerKeptForLaterCommands(t *testing.T) {
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("KUBELAB_CACHE", t.TempDir())
 	kernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
