@@ -165,9 +165,10 @@ func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driv
 		Tap:       hostnet.TapName(e.Plan.Network.Bridge, n, e.Plan.Network),
 		Netns:     e.Plan.Network.Namespace,
 	}
+	kernel := e.Layout.ImageKernel(n.Image)
 	if manifest, err := image.ReadManifest(imgDir); err == nil {
-		if _, err := os.Stat(filepath.Join(imgDir, image.KernelFile)); err == nil {
-			m.Kernel = filepath.Join(imgDir, image.KernelFile)
+		if _, err := os.Stat(kernel); err == nil {
+			m.Kernel = kernel
 			m.Initrd = filepath.Join(imgDir, image.InitrdFile)
 			m.Cmdline = manifest.KernelCmdline
 			if n.Provisioning == spec.ProvisionOverlay && manifest.KernelCmdlineNoCloudInit != "" {

@@ -151,13 +151,11 @@ func (h *harness) journals() {
 		if !strings.HasPrefix(n, "cp") {
 			continue
 		}
-		out, err := h.kubelabErr(shortTimeout, "ssh", n, "journalctl", "--no-pager", "-o", "short-monotonic",
-			"-u", "etcd", "-u", "kube-apiserver", "-u", "keepalived", "-n", "60")
-		if err != nil {
+		// kubelabErr logs the output.
+		if _, err := h.kubelabErr(shortTimeout, "ssh", n, "journalctl", "--no-pager", "-o", "short-monotonic",
+			"-u", "etcd", "-u", "kube-apiserver", "-u", "keepalived", "-n", "60"); err != nil {
 			h.t.Logf("--- journal of %s: ssh failed: %v", n, err)
-			continue
 		}
-		_ = out // kubelabErr has logged it
 	}
 }
 

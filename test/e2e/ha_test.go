@@ -20,18 +20,12 @@ import (
 // start heals it (three healthy etcd members). Then the whole cluster stops
 // through ACPI (every guest powers itself off) and starts again, and
 // destroy undefines every domain. It runs only with hack/test.sh --e2e
-// all: four emulated nodes on two cores take about 40 minutes.
+// all: four emulated nodes on two cores take about 30 minutes.
 func TestHACloudInitLibvirt(t *testing.T) {
 	if !extraScenarios() {
-		t.Skip("beyond CI's time budget (about 40 min of four emulated nodes); runs with hack/test.sh --e2e all, see the README")
+		t.Skip("beyond CI's time budget (about 30 min of four emulated nodes); runs with hack/test.sh --e2e all, see the README")
 	}
-	h := newHarness(t, "cloud-init", "libvirt", haNodes)
-	before := h.residue()
-	step := h.stepTimer()
-	h.kubelab(upTimeout, "up")
-	h.requireReady()
-	h.requireDomains("running")
-	step("up")
+	h, before, step := upOnLibvirt(t, haNodes)
 	h.kubelab(checkTimeout, "check")
 	step("check")
 	h.etcdHealthy(3)
@@ -107,6 +101,21 @@ func TestHACloudInitLibvirt(t *testing.T) {
 	}
 
 	h.stopStartDestroy(before, step)
+}
+
+// upOnLibvirt starts a libvirt scenario: a cloud-init lab of the given
+// nodes brought up to Ready with every domain running. It returns the
+// harness, the host's state before, and the step timer.
+func upOnLibvirt(t *testing.T, nodes []string) (*harness, residue, func(string)) {
+	t.Helper()
+	h := newHarness(t, "cloud-init", "libvirt", nodes)
+	before := h.residue()
+	step := h.stepTimer()
+	h.kubelab(upTimeout, "up")
+	h.requireReady()
+	h.requireDomains("running")
+	step("up")
+	return h, before, step
 }
 
 // stopStartDestroy ends a libvirt scenario: a clean ACPI stop (every

@@ -106,13 +106,7 @@ func TestLifecycleOverlay(t *testing.T) {
 // Kubernetes CA is rotated before check. TestHACloudInitLibvirt runs the
 // HA topology through the same steps.
 func TestLifecycleCloudInit(t *testing.T) {
-	h := newHarness(t, "cloud-init", "libvirt", smallNodes)
-	before := h.residue()
-	step := h.stepTimer()
-	h.kubelab(upTimeout, "up")
-	h.requireReady()
-	h.requireDomains("running")
-	step("up")
+	h, before, step := upOnLibvirt(t, smallNodes)
 	// The Kubernetes CA is rotated on this cluster; check then proves pods,
 	// services and DNS work under the new CA.
 	if extraScenarios() { // not in CI: its last run saw w1 NotReady after the rotation (README)

@@ -166,13 +166,8 @@ func (d *Driver) Accelerator(ctx context.Context) (string, error) {
 // accelerator is Accelerator for a guest of the given kernel (empty: the
 // probe's default).
 func (d *Driver) accelerator(ctx context.Context, kernel string) (string, error) {
-	switch d.opts.Accel {
-	case qemu.AccelKVM, qemu.AccelTCG, "":
-	default:
-		return "", fmt.Errorf("libvirt: unknown accelerator %q (kvm or tcg)", d.opts.Accel)
-	}
-	if d.opts.Accel != "" {
-		return d.opts.Accel, nil
+	if d.opts.Accel != "" { // forced: the probe only checks the value
+		return d.probeAnswer(ctx, "", kernel)
 	}
 	d.capsOnce.Do(func() {
 		c, err := d.connect()
@@ -188,7 +183,11 @@ func (d *Driver) accelerator(ctx context.Context, kernel string) (string, error)
 	if !d.kvmOffered {
 		return qemu.AccelTCG, nil
 	}
-	a, err := d.probe.Answer(ctx, d.emulator, "", kernel)
+	return d.probeAnswer(ctx, d.emulator, kernel)
+}
+
+func (d *Driver) probeAnswer(ctx context.Context, emulator, kernel string) (string, error) {
+	a, err := d.probe.Answer(ctx, emulator, d.opts.Accel, kernel)
 	if err != nil {
 		return "", fmt.Errorf("libvirt: %w", err)
 	}

@@ -88,9 +88,9 @@ func (p *KVMProbe) Answer(ctx context.Context, qemu, forced, kernel string) (str
 // under kubelab's cache directory ($KUBELAB_CACHE, else the user's),
 // named by a hash of what the answer depends on (this boot of the host,
 // the QEMU binary, the kernel file), so a reboot, an upgrade or a new
-// image asks again. Empty when there is no
-// cache directory. A host without working KVM would otherwise pay the
-// probe's timeout on every command that looks at machines.
+// image asks again. Empty when there is no cache directory. A host without
+// working KVM would otherwise pay the probe's timeout on every command
+// that looks at machines.
 func probeCacheFile(qemu, kernel string) string {
 	dir := os.Getenv("KUBELAB_CACHE") // as the component cache
 	if dir == "" {
