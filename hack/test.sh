@@ -5,7 +5,7 @@
 # Usage: hack/test.sh [--e2e all] [extra go test flags, e.g. -run TestX]
 #   --e2e all  also runs the end-to-end scenarios that do not fit CI's time
 #              budget (listed in the README): extra steps on the same
-#              clusters, and the HA topology on its own.
+#              clusters, and the smallest libvirt cluster with a CA rotation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,12 +19,9 @@ import (
 // through the host forward answers, status shows the node stopped, and
 // start heals it (three healthy etcd members). Then the whole cluster stops
 // through ACPI (every guest powers itself off) and starts again, and
-// destroy undefines every domain. It runs only with hack/test.sh --e2e
-// all: four emulated nodes on two cores take about 30 minutes.
+// destroy undefines every domain. This is the libvirt scenario CI runs
+// (about 30 minutes: four emulated nodes on two cores).
 func TestHACloudInitLibvirt(t *testing.T) {
-	if !extraScenarios() {
-		t.Skip("beyond CI's time budget (about 30 min of four emulated nodes); runs with hack/test.sh --e2e all, see the README")
-	}
 	h, before, step := upOnLibvirt(t, haNodes)
 	h.kubelab(checkTimeout, "check")
 	step("check")
