@@ -339,9 +339,10 @@ func ParsePortRange(s string) (from, to int, err error) {
 	return from, to, nil
 }
 
-// validateLibvirt checks libvirt.uri: a local QEMU connection. Remote
-// hypervisors would need the node disks, kernels and config media moved
-// to that host (storage pools), which kubelab does not do.
+// validateLibvirt checks libvirt.uri: a QEMU connection by any transport
+// libvirt's client has (unix socket, tcp, tls, ssh). Whether the daemon
+// runs on this host, where the node disks, kernels and taps are, only the
+// daemon can say: the driver asks it when it connects.
 func validateLibvirt(errs *Errors, lab *Lab) {
 	if lab.Libvirt.URI == "" {
 		return
@@ -351,14 +352,25 @@ func validateLibvirt(errs *Errors, lab *Lab) {
 		return
 	}
 	u, err := url.Parse(lab.Libvirt.URI)
-	switch {
-	case err != nil:
+	if err != nil {
 		errs.Add("libvirt.uri", "%q is not a URI: %v", lab.Libvirt.URI, err)
-	case u.Host != "":
-		errs.Add("libvirt.uri", "%q names host %q; only a local libvirtd is supported (the node disks and kernels are files on this host)", lab.Libvirt.URI, u.Host)
-	case u.Scheme != "qemu" && u.Scheme != "qemu+unix":
-		errs.Add("libvirt.uri", "%q: scheme %q is not supported; use qemu:///system or qemu:///session (kubelab drives QEMU through a local libvirtd: the node disks and kernels are files on this host)", lab.Libvirt.URI, u.Scheme)
+		return
+	}
+	driverName, transport, _ := strings.Cut(u.Scheme, "+")
+	switch {
+	case driverName != "qemu":
+		errs.Add("libvirt.uri", "%q: driver %q is not supported; kubelab runs QEMU guests (qemu:///system, qemu:///session, qemu+ssh://HOST/system, ...)", lab.Libvirt.URI, driverName)
+	case !libvirtTransports[transport]:
+		errs.Add("libvirt.uri", "%q: transport %q is not supported; use one of unix, tcp, tls, ssh, libssh", lab.Libvirt.URI, transport)
+	case transport == "unix" && u.Host != "":
+		errs.Add("libvirt.uri", "%q: the unix transport takes no host (%q); a socket path goes in ?socket=", lab.Libvirt.URI, u.Host)
+	case transport != "" && transport != "unix" && u.Host == "":
+		errs.Add("libvirt.uri", "%q: the %s transport needs a host, like qemu+%s://127.0.0.1/system", lab.Libvirt.URI, transport, transport)
 	case u.Path != "/system" && u.Path != "/session":
 		errs.Add("libvirt.uri", "%q: path %q is neither /system nor /session", lab.Libvirt.URI, u.Path)
 	}
 }
+
+// libvirtTransports are the transports of libvirt's client that kubelab's
+// (go-libvirt) has; "" is qemu:/// (a socket, or TLS with a host).
+var libvirtTransports = map[string]bool{"": true, "unix": true, "tcp": true, "tls": true, "ssh": true, "libssh": true, "libssh2": true}

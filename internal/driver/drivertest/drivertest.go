@@ -75,24 +75,7 @@ func NewNet(t testing.TB, name string) Net {
 
 	// Taps are made in the namespace itself: switch this OS thread into it
 	// for the netlink calls, and back.
-	err := func() error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(n.NS)
-		if err != nil {
-			return err
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return err
-		}
-		defer func() { _ = netns.Set(orig) }()
-
+	err := n.In(func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -122,7 +105,7 @@ func NewNet(t testing.TB, name string) Net {
 			return err
 		}
 		return netlink.LinkSetUp(tap)
-	}()
+	})
 	if err != nil {
 		t.Fatalf("set up namespace %s: %v", n.NS, err)
 	}
@@ -313,25 +296,39 @@ func RSSKiB(pid int) (int, error) {
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
-// banner connects to addr from inside the namespace and returns the first
-// line the server sends.
-func (n Net) Banner(addr string) (string, error) {
+// In runs fn on an OS thread switched into the namespace: sockets it
+// opens stay in the namespace after.
+func (n Net) In(fn func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer orig.Close()
 	target, err := netns.GetFromName(n.NS)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {
-		return "", err
+		return err
 	}
 	defer func() { _ = netns.Set(orig) }()
+	return fn()
+}
+
+// Banner connects to addr from inside the namespace and returns the first
+// line the server sends.
+func (n Net) Banner(addr string) (line string, err error) {
+	err = n.In(func() error {
+		line, err = n.banner(addr)
+		return err
+	})
+	return line, err
+}
+
+func (n Net) banner(addr string) (string, error) {
 	var lastErr error
 	for i := 0; i < 10; i++ {
 		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
@@ -391,7 +388,14 @@ const LibvirtSocket = "/run/libvirt/libvirt-sock"
 // QEMU processes see the namespace's taps, and stops both when the test
 // ends. A libvirtd already answering on the system socket is an error:
 // two daemons would share libvirt's state directories.
-func StartLibvirtd(t testing.TB, ns string) {
+func StartLibvirtd(t testing.TB, ns string) { startLibvirtd(t, ns, 0) }
+
+// StartLibvirtdTCP is StartLibvirtd with libvirtd also listening for
+// qemu+tcp:// on the namespace's own 127.0.0.1:port, without
+// authentication: nothing outside the test's namespace can reach it.
+func StartLibvirtdTCP(t testing.TB, ns string, port int) { startLibvirtd(t, ns, port) }
+
+func startLibvirtd(t testing.TB, ns string, tcpPort int) {
 	t.Helper()
 	for _, tool := range []string{"libvirtd", "virtlogd"} {
 		RequireTool(t, tool)
@@ -408,7 +412,7 @@ func StartLibvirtd(t testing.TB, ns string) {
 			t.Fatal(err)
 		}
 	}
-	configureLibvirtd(t, ns)
+	configureLibvirtd(t, ns, tcpPort)
 	logDir := t.TempDir()
 	start := func(name string, args ...string) {
 		log, err := os.Create(filepath.Join(logDir, name+".log"))
@@ -438,7 +442,11 @@ func StartLibvirtd(t testing.TB, ns string) {
 	}
 	start("virtlogd")
 	waitSocket(t, "/run/libvirt/virtlogd-sock")
-	start("libvirtd")
+	if tcpPort != 0 {
+		start("libvirtd", "--listen")
+	} else {
+		start("libvirtd")
+	}
 	waitSocket(t, LibvirtSocket)
 }
 
@@ -450,7 +458,7 @@ func StartLibvirtd(t testing.TB, ns string) {
 // this build machine) the KVM it probed as root looks gone to
 // libvirt-qemu, the cache is invalid on every lookup, and each domain
 // definition waits out a new probe, minutes in all (measured 2026-12-03).
-func configureLibvirtd(t testing.TB, ns string) {
+func configureLibvirtd(t testing.TB, ns string, tcpPort int) {
 	t.Helper()
 	root := filepath.Join("/etc/netns", ns)
 	t.Cleanup(func() {
@@ -470,6 +478,18 @@ func configureLibvirtd(t testing.TB, ns string) {
 	}
 	defer f.Close()
 	if _, err := f.WriteString("\n# kubelab test: QEMU runs as root, as kubelab's domains do.\nuser = \"root\"\ngroup = \"root\"\n"); err != nil {
+		t.Fatal(err)
+	}
+	if tcpPort == 0 {
+		return
+	}
+	daemon, err := os.OpenFile(filepath.Join(root, "libvirt", "libvirtd.conf"), os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer daemon.Close()
+	listen := fmt.Sprintf("\n# kubelab test: qemu+tcp on the test namespace's loopback.\nlisten_tls = 0\nlisten_tcp = 1\nlisten_addr = \"127.0.0.1\"\ntcp_port = \"%d\"\nauth_tcp = \"none\"\n", tcpPort)
+	if _, err := daemon.WriteString(listen); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -118,7 +118,8 @@ func (d *Driver) connect() (*golibvirt.Libvirt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: uri %q: %w", d.opts.URI, err)
 	}
-	if u.Path == "/session" && u.Query().Get("socket") == "" {
+	local := isLocal(u)
+	if local && u.Path == "/session" && u.Query().Get("socket") == "" {
 		// go-libvirt dials the system socket unless told otherwise; the
 		// session daemon listens in the user's runtime directory.
 		q := u.Query()
@@ -128,13 +129,50 @@ func (d *Driver) connect() (*golibvirt.Libvirt, error) {
 	l, err := golibvirt.ConnectToURI(u)
 	if err != nil {
 		hint := "start it: `virtlogd -d && libvirtd -d` as root, in the lab's network namespace if lab.yaml sets network.namespace"
-		if u.Path == "/session" {
+		switch {
+		case !local:
+			hint = "check that libvirtd runs there and listens for this transport (libvirtd --listen with listen_tcp/listen_tls, or sshd for ssh), and that the host and port are right"
+		case u.Path == "/session":
 			hint = "start your session daemon: `libvirtd -d` as yourself"
 		}
 		return nil, fmt.Errorf("libvirt: cannot reach libvirtd at %s: %v; %s", d.opts.URI, err, hint)
 	}
+	if !local {
+		if err := sameHost(l, d.opts.URI); err != nil {
+			_ = l.Disconnect()
+			return nil, err
+		}
+	}
 	d.conn = l
 	return l, nil
+}
+
+// isLocal tells whether the URI names libvirtd's unix socket on this host
+// (qemu:///system, qemu+unix://...) rather than a network transport.
+func isLocal(u *url.URL) bool {
+	_, transport, _ := strings.Cut(u.Scheme, "+")
+	return transport == "unix" || (transport == "" && u.Host == "")
+}
+
+// sameHost refuses a libvirtd that runs on another host. Each node's disk,
+// kernel, config medium and console log are files in the lab directory on
+// this host, and its NIC is a tap on this host's bridge: a daemon
+// elsewhere could define the domains but not run them. A network
+// transport to this host's own daemon (a TCP or TLS listener, or ssh to
+// root@localhost) works like the socket.
+func sameHost(l *golibvirt.Libvirt, uri string) error {
+	theirs, err := l.ConnectGetHostname()
+	if err != nil {
+		return fmt.Errorf("libvirt: ask %s for its host name: %w", uri, err)
+	}
+	ours, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("libvirt: this host's name: %w", err)
+	}
+	if theirs != ours {
+		return fmt.Errorf("libvirt: %s is libvirtd on host %q, not on this one (%q): kubelab keeps each node's disk, kernel, config medium and tap on the host it runs on, so run kubelab on %q, or point libvirt.uri at this host's libvirtd", uri, theirs, ours, theirs)
+	}
+	return nil
 }
 
 // CheckDaemon tells whether libvirtd answers at the driver's URI and can

@@ -6,16 +6,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"github.com/kubelab/kubelab/internal/driver/media"
 )
 
-func requireLibvirt(t testing.TB) drivertest.Net {
+func requireLibvirt(t testing.TB) drivertest.Net { return requireLibvirtTCP(t, 0) }
+
+// requireLibvirtTCP starts the test's libvirtd, also listening for
+// qemu+tcp on the namespace's 127.0.0.1:tcpPort unless tcpPort is 0.
+func requireLibvirtTCP(t testing.TB, tcpPort int) drivertest.Net {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a VM; skipped with -short")
@@ -27,7 +34,11 @@ func requireLibvirt(t testing.TB) drivertest.Net {
 		drivertest.RequireTool(t, tool)
 	}
 	tn := drivertest.NewNet(t, "lv")
-	drivertest.StartLibvirtd(t, tn.NS)
+	if tcpPort != 0 {
+		drivertest.StartLibvirtdTCP(t, tn.NS, tcpPort)
+	} else {
+		drivertest.StartLibvirtd(t, tn.NS)
+	}
 	return tn
 }
 
@@ -264,4 +275,81 @@ func TestLifecycleInitramfs(t *testing.T) {
 	if _, err := c.DomainLookupByName(foreign.ID()); err != nil {
 		t.Errorf("the foreign domain is gone: %v", err)
 	}
+}
+
+// TestRemoteURI reaches a real libvirtd through a network transport:
+// qemu+tcp to a listener on 127.0.0.1 inside the test's namespace (the
+// connection is made from a thread in that namespace). A busybox guest is
+// defined, booted to its marker, stopped and deleted through it, and the
+// daemon's local socket sees the same domain. Nothing listening, and a
+// daemon on another host (seen from a thread with another host name), are
+// refused with errors that say so.
+func TestRemoteURI(t *testing.T) {
+	const port = 16509
+	tn := requireLibvirtTCP(t, port)
+	uri := fmt.Sprintf("qemu+tcp://127.0.0.1:%d/system", port)
+
+	unreachable := "qemu+tcp://127.0.0.1:1/system"
+	err := tn.In(New(Options{URI: unreachable}).CheckDaemon)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach libvirtd at "+unreachable) || !strings.Contains(err.Error(), "listens for this transport") {
+		t.Errorf("nothing listening: %v", err)
+	}
+
+	ours, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = onHostNamed("kltest-elsewhere", func() error { return tn.In(New(Options{URI: uri}).CheckDaemon) })
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("on host %q, not on this one (%q)", ours, "kltest-elsewhere")) {
+		t.Errorf("a libvirtd on another host: %v", err)
+	}
+
+	d := New(Options{URI: uri, StopTimeout: 3 * time.Second})
+	if err := tn.In(d.CheckDaemon); err != nil {
+		t.Fatalf("qemu+tcp to the namespace's libvirtd: %v", err)
+	}
+	m, marker := drivertest.BusyboxMachine(t, tn, "lvtcp-"+drivertest.RandHex(2), "52:54:00:12:34:59")
+	t.Cleanup(func() { _ = New(Options{}).Delete(context.Background(), m) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := d.Create(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	running := func() bool { st, err := d.State(ctx, m); return err == nil && st == driver.StateRunning }
+	if err := driver.WaitConsole(ctx, d.ConsolePath(m), 0, marker, running); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, New(Options{}), m, driver.StateRunning) // the same daemon, through its socket
+	if err := d.Stop(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, d, m, driver.StateStopped)
+	if err := d.Delete(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	mustState(t, New(Options{}), m, driver.StateAbsent)
+}
+
+// onHostNamed runs fn on an OS thread in a UTS namespace of its own with
+// the given host name: kubelab there runs on "another host" as far as
+// any libvirtd is concerned. The thread is never unlocked, so it ends
+// with its goroutine and takes the namespace with it.
+func onHostNamed(name string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+			errc <- fmt.Errorf("unshare UTS: %w", err)
+			return
+		}
+		if err := unix.Sethostname([]byte(name)); err != nil {
+			errc <- fmt.Errorf("sethostname: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
