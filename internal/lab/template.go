@@ -87,16 +87,10 @@ func (e *Env) templateCompat(td driver.Templater) (string, error) {
 	return e.compat, e.compatErr
 }
 
-// makeTemplates makes the templates that nodes about to be created will
-// start from, as many at once as the host has cores (each is one boot,
-// mostly one busy vCPU).
-func (e *Env) makeTemplates(ctx context.Context, cls []plan.Cluster) error {
-	td, ok := e.Driver.(driver.Templater)
-	if !ok {
-		return nil
-	}
-	wanted := map[string]driver.Machine{}
-	users := map[string][]string{}
+// templatesToMake are the templates that new nodes would start from and
+// that are not made yet, by directory, with the nodes that would use each.
+func (e *Env) templatesToMake(ctx context.Context, cls []plan.Cluster) (wanted map[string]driver.Machine, users map[string][]string) {
+	wanted, users = map[string]driver.Machine{}, map[string][]string{}
 	for _, c := range cls {
 		for _, n := range c.Nodes {
 			m, t := e.machine(c, n)
@@ -110,6 +104,18 @@ func (e *Env) makeTemplates(ctx context.Context, cls []plan.Cluster) error {
 			users[t.Dir] = append(users[t.Dir], n.Name)
 		}
 	}
+	return wanted, users
+}
+
+// makeTemplates makes the templates that nodes about to be created will
+// start from, as many at once as the host has cores (each is one boot,
+// mostly one busy vCPU).
+func (e *Env) makeTemplates(ctx context.Context, cls []plan.Cluster) error {
+	td, ok := e.Driver.(driver.Templater)
+	if !ok {
+		return nil
+	}
+	wanted, users := e.templatesToMake(ctx, cls)
 	dirs := make([]string, 0, len(wanted))
 	for d := range wanted {
 		dirs = append(dirs, d)

@@ -208,6 +208,10 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 			return "make sure each node's image is in " + e.Layout.Images() + " (build kubelab's from cached components)"
 		},
 			Run: e.ensureImages},
+		{Name: "space", Describe: func() string {
+			return fmt.Sprintf("check that %s has room for the new nodes (%d MiB each) before the host is touched", e.Layout.Dir, nodeRoomMiB)
+		},
+			Run: func(ctx context.Context) error { return e.checkSpace(ctx, cls) }},
 		{Name: "template", Describe: func() string {
 			return "boot the image once per node shape and save it waiting for its configuration, unless saved before (new nodes resume it instead of booting)"
 		},
