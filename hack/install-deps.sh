@@ -15,6 +15,8 @@ packages=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # checks in tests
   openssl curl cloud-init
+  # a disk-bootable qcow2 made at test time (an imported "cloud image")
+  syslinux syslinux-common mtools dosfstools
 )
 
 missing=()

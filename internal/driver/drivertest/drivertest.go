@@ -436,7 +436,7 @@ func startLibvirtd(t testing.TB, ns string, tcpPort int) {
 			}
 			if t.Failed() {
 				data, _ := os.ReadFile(filepath.Join(logDir, name+".log"))
-				t.Logf("%s's log:\n%s", name, tail(string(data), 40))
+				t.Logf("%s's log:\n%s", name, Tail(string(data), 40))
 			}
 		})
 	}
@@ -510,7 +510,8 @@ func waitSocket(t testing.TB, path string) {
 	}
 }
 
-func tail(s string, n int) string {
+// Tail is the last n lines of s.
+func Tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -565,4 +566,35 @@ func BusyboxMachine(t *testing.T, tn Net, name, mac string) (driver.Machine, str
 		MAC: mac, Tap: tn.Tap, Netns: tn.NS,
 		Config: driver.Config{Kind: driver.ConfigOverlay, Path: overlay},
 	}, marker
+}
+
+// BootableDisk writes path, a qcow2 disk that boots on its own through a
+// BIOS: one FAT file system over the whole disk (no partition table, as
+// on a USB stick) with syslinux in its boot sector, loading kernel and
+// initrd with cmdline. It stands in for a downloaded cloud image, which
+// boots from its disk in the same way, and is made at test time from
+// Debian's syslinux, mtools and dosfstools.
+func BootableDisk(t testing.TB, path, kernel, initrd, cmdline string) {
+	t.Helper()
+	for _, tool := range []string{"syslinux", "mcopy", "mkfs.vfat", "qemu-img"} {
+		RequireTool(t, tool)
+	}
+	work := t.TempDir()
+	raw := filepath.Join(work, "disk.raw")
+	cfg := filepath.Join(work, "syslinux.cfg")
+	if err := os.WriteFile(cfg, []byte("DEFAULT node\nPROMPT 0\nTIMEOUT 0\nLABEL node\n  KERNEL vmlinuz\n  INITRD initrd\n  APPEND "+cmdline+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"mkfs.vfat", "-n", "KLTEST", "-C", raw, "65536"}, // 64 MiB
+		{"syslinux", "--install", raw},
+		{"mcopy", "-i", raw, kernel, "::vmlinuz"},
+		{"mcopy", "-i", raw, initrd, "::initrd"},
+		{"mcopy", "-i", raw, cfg, "::syslinux.cfg"},
+		{"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, path},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("make a bootable disk: %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 }
