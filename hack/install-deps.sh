@@ -17,6 +17,8 @@ packages=(
   openssl curl cloud-init
   # a disk-bootable qcow2 made at test time (an imported "cloud image")
   syslinux syslinux-common mtools dosfstools
+  # Xen: its own domain-file parser (libxlutil), for the Xen driver's tests
+  libxen-dev
 )
 
 missing=()

@@ -12,6 +12,7 @@ import (
 	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/driver/libvirt"
 	"github.com/kubelab/kubelab/internal/driver/qemu"
+	"github.com/kubelab/kubelab/internal/driver/xen"
 	"github.com/kubelab/kubelab/internal/spec"
 )
 
@@ -40,7 +41,11 @@ var registry = map[string]entry{
 		// libvirtd runs QEMU; kubelab makes the disks itself.
 		tools: qemuTools,
 	},
-	spec.HypervisorXen: {missing: "this kubelab has no Xen driver yet"},
+	spec.HypervisorXen: {
+		newDriver: func(l *spec.Lab, _ string) driver.Driver { return xen.New(xen.Options{DiskFormat: l.Xen.Disk}) },
+		// xl is Xen's toolstack in dom0; kubelab makes the disks itself.
+		tools: map[string]string{"xl": "xen-utils-4.17", "qemu-img": "qemu-utils"},
+	},
 }
 
 // daemonChecker is a driver that depends on a daemon it can check.

@@ -18,6 +18,16 @@ func TestNewAndCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// xl as it answers on a host that is no dom0 (Debian's wrapper).
+	noXen := t.TempDir()
+	for name, body := range map[string]string{
+		"qemu-img": "#!/bin/sh\n",
+		"xl":       "#!/bin/sh\necho \"ERROR:  Can't find hypervisor information in sysfs!\" >&2\nexit 1\n",
+	} {
+		if err := os.WriteFile(filepath.Join(noXen, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name, hypervisor, path string
 		newErr, checkErr       string
@@ -27,7 +37,8 @@ func TestNewAndCheck(t *testing.T) {
 		// No libvirtd answers on this socket: Check says to start one.
 		{"libvirt without a daemon", spec.HypervisorLibvirt, both, "", "hypervisor: libvirt: cannot reach libvirtd at qemu:///system?socket=/nonexistent/libvirt-sock"},
 		{"libvirt missing qemu", spec.HypervisorLibvirt, one, "", "hypervisor: libvirt: qemu-system-x86_64 not found"},
-		{"xen", spec.HypervisorXen, both, "hypervisor: xen: this kubelab has no Xen driver yet", "no Xen driver"},
+		{"xen without xl", spec.HypervisorXen, both, "", "hypervisor: xen: xl not found on this host (apt-get install xen-utils-4.17"},
+		{"xen on a host that is no dom0", spec.HypervisorXen, noXen, "", "Can't find hypervisor information in sysfs!; this host must be a Xen dom0"},
 		{"unknown", "vmware", both, `hypervisor: "vmware" is not one of libvirt, qemu, xen`, "is not one of"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

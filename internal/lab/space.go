@@ -19,6 +19,32 @@ import (
 // at its first write that cannot land, and the node just stops answering.
 const nodeRoomMiB = 512
 
+// preflighter is a driver that can tell, before anything is made,
+// whether the hypervisor can run the machines (Xen: enough free memory).
+type preflighter interface {
+	Preflight(ctx context.Context, ms []driver.Machine) error
+}
+
+// preflight is up's check before the host is touched: room in the lab
+// directory, then whatever the driver checks.
+func (e *Env) preflight(ctx context.Context, cls []plan.Cluster) error {
+	if err := e.checkSpace(ctx, cls); err != nil {
+		return err
+	}
+	p, ok := e.Driver.(preflighter)
+	if !ok {
+		return nil
+	}
+	var ms []driver.Machine
+	for _, c := range cls {
+		for _, n := range c.Nodes {
+			m, _ := e.machine(c, n)
+			ms = append(ms, m)
+		}
+	}
+	return p.Preflight(ctx, ms)
+}
+
 // checkSpace refuses to create nodes on a file system without room for
 // them: each new node's layer (nodeRoomMiB) and each template still to be
 // made (its saved memory can be as large as the guest's RAM, plus a

@@ -47,12 +47,12 @@ func TestSpaceRefusedBeforeTheHostIsTouched(t *testing.T) {
 		order[p.Name] = i
 	}
 	for _, later := range []string{"template", "network", "disks", "boot"} {
-		if order["space"] >= order[later] {
-			t.Errorf("the space phase runs after %s", later)
+		if order["preflight"] >= order[later] {
+			t.Errorf("the preflight phase runs after %s", later)
 		}
 	}
 
-	err := runNamed(t, phases, "space")
+	err := runNamed(t, phases, "preflight")
 	if err == nil {
 		t.Fatal("up accepted a lab directory with 64 MiB free")
 	}
@@ -72,7 +72,7 @@ func TestSpaceRefusedBeforeTheHostIsTouched(t *testing.T) {
 	}
 
 	d.state = driver.StateStopped
-	if err := runNamed(t, phases, "space"); err != nil {
+	if err := runNamed(t, phases, "preflight"); err != nil {
 		t.Errorf("nodes that exist need no new room: %v", err)
 	}
 }

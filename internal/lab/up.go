@@ -163,6 +163,7 @@ func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driv
 		BaseImage: filepath.Join(imgDir, image.DiskFile),
 		MAC:       n.MAC,
 		Tap:       hostnet.TapName(e.Plan.Network.Bridge, n, e.Plan.Network),
+		Bridge:    e.Plan.Network.Bridge,
 		Netns:     e.Plan.Network.Namespace,
 	}
 	kernel := e.Layout.ImageKernel(n.Image)
@@ -208,10 +209,10 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 			return "make sure each node's image is in " + e.Layout.Images() + " (build kubelab's from cached components)"
 		},
 			Run: e.ensureImages},
-		{Name: "space", Describe: func() string {
-			return fmt.Sprintf("check that %s has room for the new nodes (%d MiB each) before the host is touched", e.Layout.Dir, nodeRoomMiB)
+		{Name: "preflight", Describe: func() string {
+			return fmt.Sprintf("check, before the host is touched, that %s has room for the new nodes (%d MiB each) and the hypervisor can run them", e.Layout.Dir, nodeRoomMiB)
 		},
-			Run: func(ctx context.Context) error { return e.checkSpace(ctx, cls) }},
+			Run: func(ctx context.Context) error { return e.preflight(ctx, cls) }},
 		{Name: "template", Describe: func() string {
 			return "boot the image once per node shape and save it waiting for its configuration, unless saved before (new nodes resume it instead of booting)"
 		},

@@ -37,6 +37,9 @@ func ApplyDefaults(lab *Lab) {
 	setDefault(&lab.Kind, Kind)
 	setDefault(&lab.Name, DefaultLabName)
 	setDefault(&lab.Hypervisor, DefaultHypervisor)
+	if lab.Hypervisor == HypervisorXen {
+		setDefault(&lab.Xen.Disk, XenDiskQCOW2)
+	}
 	if lab.Hypervisor == HypervisorLibvirt {
 		setDefault(&lab.Libvirt.URI, DefaultLibvirtURI)
 	}

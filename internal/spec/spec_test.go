@@ -165,6 +165,11 @@ func TestBadInput(t *testing.T) {
 		{"libvirt other driver", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: lxc:///system}\nsshKeys:", "libvirt.uri", `driver "lxc" is not supported`},
 		{"libvirt bad path", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: qemu:///sys}\nsshKeys:", "libvirt.uri", "neither /system nor /session"},
 		{"libvirt session", "sshKeys:", "hypervisor: libvirt\nlibvirt: {uri: qemu:///session}\nsshKeys:", "", ""},
+		{"xen raw", "sshKeys:", "hypervisor: xen\nxen: {disk: raw}\nsshKeys:", "", ""},
+		{"xen disk format", "sshKeys:", "hypervisor: xen\nxen: {disk: vmdk}\nsshKeys:", "xen.disk", `"vmdk"`},
+		{"xen disk without xen", "sshKeys:", "xen: {disk: raw}\nsshKeys:", "xen.disk", `hypervisor is "qemu"`},
+		{"xen in a namespace", "sshKeys:", "hypervisor: xen\nnetwork: {namespace: lab}\nsshKeys:", "network.namespace", "vif-bridge"},
+		{"xen ignition", "sshKeys:", "hypervisor: xen\ndefaults: {provisioning: ignition}\nsshKeys:", "clusters[0].nodes[0].provisioning", "Xen guest cannot get yet"},
 		{"duplicate key", "    index: 2\n", "    index: 2\n    index: 3\n", "clusters[1].index", "field given twice"},
 	}
 	for _, tc := range cases {

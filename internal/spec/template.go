@@ -71,7 +71,9 @@ kind: %s
 name: %s
 hypervisor: %s             # qemu (KVM where it works, else software emulation) | libvirt | xen
 # libvirt:
-#   uri: qemu:///system          # with hypervisor: libvirt; a local libvirtd (qemu:///session for a user)
+#   uri: qemu:///system          # with hypervisor: libvirt; this host's libvirtd (qemu:///session for a user, qemu+tcp://127.0.0.1/system, ...)
+# xen:
+#   disk: qcow2                  # with hypervisor: xen; qcow2 (an overlay, xl's qdisk backend) | raw (a full copy, blkback)
 
 # The lab network on the host: a bridge, NAT, and host port forwards
 #   ssh 80NN -> .NN:22, API 810k -> cluster k's API endpoint (its control plane,

@@ -16,7 +16,9 @@ type Lab struct {
 	Name       string `yaml:"name"`
 	Hypervisor string `yaml:"hypervisor"` // qemu (default) | libvirt | xen
 	// Libvirt is the connection of hypervisor: libvirt.
-	Libvirt  Libvirt      `yaml:"libvirt"`
+	Libvirt Libvirt `yaml:"libvirt"`
+	// Xen sets how hypervisor: xen runs the nodes.
+	Xen      Xen          `yaml:"xen"`
 	Network  Network      `yaml:"network"`
 	Defaults NodeDefaults `yaml:"defaults"`
 	SSHKeys  []string     `yaml:"sshKeys"`
@@ -27,10 +29,25 @@ type Lab struct {
 
 // Libvirt says which libvirt daemon runs the lab's machines.
 type Libvirt struct {
-	// URI is a libvirt connection URI of the local host: qemu:///system
-	// (default) or qemu:///session; a socket= query names another socket.
+	// URI is a libvirt connection URI of a daemon on this host:
+	// qemu:///system (default), qemu:///session, a socket= query for
+	// another socket, or a network transport (qemu+tcp|tls|ssh://HOST/system).
 	URI string `yaml:"uri"`
 }
+
+// Xen is how the Xen driver gives nodes their disks.
+type Xen struct {
+	// Disk is the node disk's format: qcow2 (default; an overlay on the
+	// image served by xl's qdisk backend, QEMU in dom0) or raw (a full copy
+	// of the image served by blkback, as the Xen guide does).
+	Disk string `yaml:"disk"`
+}
+
+// Node disk formats of hypervisor: xen.
+const (
+	XenDiskQCOW2 = "qcow2"
+	XenDiskRaw   = "raw"
+)
 
 // Certificates are the lifetimes of new certificates, as durations with a
 // day unit allowed ("365d", "8760h"). They apply when a certificate is

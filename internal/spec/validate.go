@@ -45,6 +45,7 @@ func Validate(lab *Lab, baseDir string) (warnings []Warning, err error) {
 	checkLabel(&errs, "name", lab.Name)
 	checkEnum(&errs, "hypervisor", lab.Hypervisor, HypervisorQEMU, HypervisorLibvirt, HypervisorXen)
 	validateLibvirt(&errs, lab)
+	validateXen(&errs, lab)
 	labNet := validateNetwork(&errs, &lab.Network)
 	validateCertificates(&errs, lab.Certificates)
 	checkDefaults(&errs, lab.Defaults)
@@ -374,3 +375,28 @@ func validateLibvirt(errs *Errors, lab *Lab) {
 // libvirtTransports are the transports of libvirt's client that kubelab's
 // (go-libvirt) has; "" is qemu:/// (a socket, or TLS with a host).
 var libvirtTransports = map[string]bool{"": true, "unix": true, "tcp": true, "tls": true, "ssh": true, "libssh": true, "libssh2": true}
+
+// validateXen checks what the Xen driver cannot do: a lab network inside
+// a namespace (xl's vif-bridge plugs each guest into a bridge of dom0's
+// own namespace) and Ignition (a PV guest has no fw_cfg; its config URL
+// needs the config server, which kubelab does not have yet).
+func validateXen(errs *Errors, lab *Lab) {
+	if lab.Xen.Disk != "" && lab.Hypervisor != HypervisorXen {
+		errs.Add("xen.disk", "is set but hypervisor is %q; set hypervisor: %s or remove xen", lab.Hypervisor, HypervisorXen)
+		return
+	}
+	if lab.Hypervisor != HypervisorXen {
+		return
+	}
+	checkEnum(errs, "xen.disk", lab.Xen.Disk, XenDiskQCOW2, XenDiskRaw)
+	if lab.Network.Namespace != "" {
+		errs.Add("network.namespace", "is set, but Xen's vif-bridge script plugs each guest into a bridge in dom0's own network namespace; remove network.namespace, or use hypervisor: %s or %s", HypervisorQEMU, HypervisorLibvirt)
+	}
+	for i, c := range lab.Clusters {
+		for j, n := range c.Nodes {
+			if n.Provisioning == ProvisionIgnition {
+				errs.Add(Field(Index(Field(Index("clusters", i), "nodes"), j), "provisioning"), "is ignition, which a Xen guest cannot get yet (no fw_cfg in a PV guest, and no config server to fetch it from); use %s or %s", ProvisionOverlay, ProvisionCloudInit)
+			}
+		}
+	}
+}
