@@ -333,3 +333,23 @@ func (s *StageScanner) Feed(chunk []byte) (stage string, changed bool) {
 	s.tail = append(s.tail[:0:0], data...)
 	return s.Stage(), changed
 }
+
+// Reprovision is Reprovisioner for drivers whose machine is its disk: it
+// refuses a machine that runs, removes the given disk files of the machine
+// (under m.Dir) and creates the machine again, so it gets a fresh disk
+// from its base image.
+func Reprovision(ctx context.Context, d Driver, m Machine, files ...string) error {
+	st, err := d.State(ctx, m)
+	if err != nil {
+		return err
+	}
+	if st == StateRunning || st == StatePaused {
+		return fmt.Errorf("machine %s: reprovision: the machine runs; stop it first", m.ID())
+	}
+	for _, f := range files {
+		if err := os.Remove(filepath.Join(m.Dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("machine %s: reprovision: %w", m.ID(), err)
+		}
+	}
+	return d.Create(ctx, m)
+}

@@ -593,15 +593,5 @@ func (d *Driver) Reprovision(ctx context.Context, m driver.Machine) error {
 	if err := d.check(m); err != nil {
 		return err
 	}
-	st, err := d.State(ctx, m)
-	if err != nil {
-		return err
-	}
-	if st == driver.StateRunning || st == driver.StatePaused {
-		return fmt.Errorf("machine %s: reprovision: the machine runs; stop it first", m.ID())
-	}
-	if err := os.Remove(filepath.Join(m.Dir, media.DiskFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("machine %s: reprovision: %w", m.ID(), err)
-	}
-	return d.Create(ctx, m)
+	return driver.Reprovision(ctx, d, m, media.DiskFile)
 }

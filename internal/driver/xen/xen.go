@@ -549,15 +549,5 @@ func (d *Driver) Reprovision(ctx context.Context, m driver.Machine) error {
 	if err := d.check(m); err != nil {
 		return err
 	}
-	st, err := d.State(ctx, m)
-	if err != nil {
-		return err
-	}
-	if st == driver.StateRunning || st == driver.StatePaused {
-		return fmt.Errorf("machine %s: reprovision: the machine runs; stop it first", m.ID())
-	}
-	if err := os.Remove(diskFile(m, d.opts.DiskFormat)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("machine %s: reprovision: %w", m.ID(), err)
-	}
-	return d.Create(ctx, m)
+	return driver.Reprovision(ctx, d, m, filepath.Base(diskFile(m, d.opts.DiskFormat)))
 }
