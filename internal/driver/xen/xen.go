@@ -497,14 +497,18 @@ func (d *Driver) Stop(ctx context.Context, m driver.Machine) error {
 	}
 	if dom.running() {
 		sctx, cancel := context.WithTimeout(ctx, d.opts.StopTimeout)
-		_, err := d.xl(sctx, "shutdown", "-w", m.ID())
+		_, _ = d.xl(sctx, "shutdown", "-w", m.ID())
 		cancel()
-		if err == nil {
-			return nil
-		}
 	}
-	if dom, err = d.find(ctx, m); err != nil || !dom.found {
-		return err
+	// A guest that shut down stays listed until xl's monitor of it
+	// destroys it (on_poweroff); wait a little for that, then do it.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Second) {
+		if dom, err = d.find(ctx, m); err != nil || !dom.found {
+			return err
+		}
+		if time.Now().After(deadline) {
+			break
+		}
 	}
 	_, err = d.xl(ctx, "destroy", m.ID())
 	return err
