@@ -5,7 +5,8 @@
 # Usage: hack/test.sh [--e2e all] [extra go test flags, e.g. -run TestX]
 #   --e2e all  also runs the end-to-end scenarios that do not fit CI's time
 #              budget (listed in the README): extra steps on the same
-#              clusters, and the smallest libvirt cluster with a CA rotation.
+#              clusters, the smallest libvirt cluster with a CA rotation,
+#              and kubelab on a real Xen nested under QEMU (test/xen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -29,7 +29,7 @@ info)
 list)
 	long=; [ "$2" = -l ] && { long=1; shift; }
 	n=$2
-	if [ ! -e "$XLSTATE/$n.cfg" ]; then
+	if [ ! -e "$XLSTATE/$n.cfg" ] || { [ -n "$long" ] && [ -n "$XLGONE" ]; }; then
 		echo "$n is an invalid domain identifier (rc=-6)" >&2
 		exit 1
 	fi
@@ -298,6 +298,26 @@ func TestRefusals(t *testing.T) {
 		if err := d.Start(ctx, m); err == nil || !strings.Contains(err.Error(), "not "+opts.ConsoleLogDir+" where kubelab reads them") {
 			t.Fatalf("Start: %v", err)
 		}
+	})
+
+	// Seen in the nested Xen test: the guest that shut down was removed
+	// between xl list and xl list -l.
+	t.Run("domain gone between two xl calls", func(t *testing.T) {
+		d := New(f.opts)
+		m := testMachine(t)
+		if err := d.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("XLGONE", "1")
+		wantState(t, d, m, driver.StateStopped)
+		if err := d.Stop(ctx, m); err != nil {
+			t.Fatalf("Stop of a domain that went away: %v", err)
+		}
+		t.Setenv("XLGONE", "")
+		_ = d.Delete(ctx, m)
 	})
 
 	t.Run("raw disk", func(t *testing.T) {

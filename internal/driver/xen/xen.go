@@ -244,9 +244,12 @@ func (dom domain) running() bool {
 // find asks xl about the machine's domain and refuses one that kubelab did
 // not make for this machine: its disks must be in the node directory.
 func (d *Driver) find(ctx context.Context, m driver.Machine) (domain, error) {
+	// The domain may go between two calls (a guest that shut down is
+	// removed by xl's monitor of it): gone is gone, at either.
+	gone := func(err error) bool { return strings.Contains(err.Error(), "invalid domain identifier") }
 	out, err := d.xl(ctx, "list", m.ID())
 	if err != nil {
-		if strings.Contains(err.Error(), "invalid domain identifier") {
+		if gone(err) {
 			return domain{}, nil
 		}
 		return domain{}, fmt.Errorf("machine %s: %w", m.ID(), err)
@@ -257,6 +260,9 @@ func (d *Driver) find(ctx context.Context, m driver.Machine) (domain, error) {
 	}
 	long, err := d.xl(ctx, "list", "-l", m.ID())
 	if err != nil {
+		if gone(err) {
+			return domain{}, nil
+		}
 		return domain{}, fmt.Errorf("machine %s: %w", m.ID(), err)
 	}
 	if !ownsDomain(long, m.Dir) {
