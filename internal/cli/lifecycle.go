@@ -132,8 +132,27 @@ func runPhasesWith(cmd *cobra.Command, env *lab.Env, pf *progressFlags, name str
 	return err
 }
 
+// bootFlags are the boot options up and start share.
+type bootFlags struct {
+	together, noTemplate bool
+	bootTimeout          time.Duration
+}
+
+func (b *bootFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&b.together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
+	cmd.Flags().BoolVar(&b.noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
+	cmd.Flags().DurationVar(&b.bootTimeout, "boot-timeout", 0, "how long to wait for every node's readiness marker (default 10m under emulation, 2m30s with KVM; more for nested hypervisors)")
+}
+
+func (b *bootFlags) apply(env *lab.Env) {
+	env.BootTogether = b.together
+	env.NoTemplates = b.noTemplate
+	env.Timeouts.Boot = b.bootTimeout
+}
+
 func newUpCmd(g *globalOptions) *cobra.Command {
-	var dryRun, noMerge, together, noTemplate bool
+	var dryRun, noMerge bool
+	var bf bootFlags
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "up [CLUSTER...]",
@@ -151,8 +170,7 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			env.MergeKubeconfig = !noMerge
-			env.BootTogether = together
-			env.NoTemplates = noTemplate
+			bf.apply(env)
 			if err := hypervisor.Check(env.Lab); err != nil {
 				return err
 			}
@@ -161,14 +179,14 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
 	cmd.Flags().BoolVar(&noMerge, "no-merge", false, "do not add contexts to the user's kubeconfig")
-	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
-	cmd.Flags().BoolVar(&noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
+	bf.add(cmd)
 	pf.add(cmd)
 	return cmd
 }
 
 func newStartCmd(g *globalOptions) *cobra.Command {
-	var dryRun, together, noTemplate bool
+	var dryRun bool
+	var bf bootFlags
 	var pf progressFlags
 	cmd := &cobra.Command{
 		Use:   "start [CLUSTER...]",
@@ -181,8 +199,7 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			env.BootTogether = together
-			env.NoTemplates = noTemplate
+			bf.apply(env)
 			if err := hypervisor.Check(env.Lab); err != nil {
 				return err
 			}
@@ -190,8 +207,7 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what each phase would do, do nothing")
-	cmd.Flags().BoolVar(&together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
-	cmd.Flags().BoolVar(&noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
+	bf.add(cmd)
 	pf.add(cmd)
 	return cmd
 }

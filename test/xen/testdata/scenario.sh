@@ -38,7 +38,7 @@ echo "XENTEST-XEN $(xl info | grep -E '^(xen_version|free_memory|nr_cpus)' | tr 
 
 # Through a pipe: progress as plain lines, not a terminal's redrawn ones.
 {
-	$KL up
+	$KL up --boot-timeout 25m
 	echo $? >/tmp/up.rc
 } 2>&1 | cat
 if [ "$(cat /tmp/up.rc)" = 0 ]; then ok up; else
@@ -74,7 +74,7 @@ check stop-no-domain sh -c "! xl list | grep -q '^$LAB-$NODE '"
 check status-stopped state stopped
 step stop
 
-check start $KL start -q
+check start $KL start -q --boot-timeout 25m
 check readyz-after-start readyz
 check marker-twice sh -c "[ \$(grep -c 'KUBELAB-READY $NODE' $CONSOLE) -ge 2 ]"
 step start
