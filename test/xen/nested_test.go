@@ -226,7 +226,7 @@ func ensureDom0(t *testing.T) string {
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
-	t.Logf("building the Xen dom0 with mmdebstrap (about 6 minutes)")
+	t.Logf("building the Xen dom0 with mmdebstrap (3m43s measured on 2026-12-03)")
 	args := []string{"--mode=root", "--variant=minbase", `--aptopt=APT::Install-Recommends "false"`,
 		"--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
 		"--dpkgopt=path-exclude=/usr/share/locale/*",
