@@ -399,8 +399,8 @@ type testVM struct {
 	bootSeconds, bootCPUSeconds float64
 }
 
-// ssh runs command on the node. The readiness marker only says the boot
-// reached multi-user: on a bare node nothing waits for network-online, so
+// ssh runs command on the node. The readiness marker only says ssh and
+// containerd started: on a bare node nothing waits for network-online, so
 // on a loaded host eth0 may get its address a little later; failures to
 // connect are retried for a minute.
 func (vm *testVM) ssh(command string) (string, error) {

@@ -2,6 +2,7 @@ package nodeconfig
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/kubelab/kubelab/internal/plan"
@@ -55,11 +56,13 @@ func (b *builder) apiVirtualAddress() error {
 
 # The API server of this node accepts connections. A TCP connect is the
 # check: with anonymous requests refused, /livez and /readyz answer 401
-# to an unauthenticated probe anyway.
+# to an unauthenticated probe anyway. 5 s to answer: under emulation a
+# busy node took more than 2 s to start the check at all, and every such
+# timeout dropped the address.
 vrrp_script apiserver {
     script "/bin/bash -c '</dev/tcp/127.0.0.1/%d'"
-    interval 2
-    timeout 2
+    interval 5
+    timeout 5
     fall 2
     rise 1
 }
@@ -106,6 +109,51 @@ WantedBy=multi-user.target
 `, c.APIVIP, c.Name, KeepalivedConfig))
 	b.enable("keepalived.service")
 	return nil
+}
+
+// awaitPeerMinutes bounds a later control plane's wait for the cluster's
+// API endpoint, so a cluster whose first control plane is gone still starts.
+const awaitPeerMinutes = 10
+
+// awaitAPIEndpoint returns the kube-apiserver unit's lines that make a
+// control plane other than the cluster's first wait, at most
+// awaitPeerMinutes, until the cluster's API endpoint answers /readyz: some
+// other API server is up and has written the cluster's bootstrap data
+// (RBAC roles, system namespaces, priority levels). So the control planes'
+// API servers start one after the other, as kubeadm joins them, instead of
+// all at once. Measured on two emulated cores: three API servers starting
+// together each take minutes of CPU for their post-start hooks; they time
+// out against an etcd starved by them, exit, and start over, and in one run
+// none was ready after 20 min. The first control plane never waits; the
+// others wait for nothing when a peer is already serving (a node healed).
+// Nodes without kubectl in their image skip the wait.
+func (b *builder) awaitAPIEndpoint(kubeconfig string) (string, error) {
+	n, c := b.in.Node, b.in.Cluster
+	if !hasAPIVirtualAddress(c, n) {
+		return "", nil
+	}
+	cps := c.NodesWithRole(spec.RoleControlPlane)
+	if len(cps) == 0 || cps[0].Name == n.Name {
+		return "", nil
+	}
+	endpoint := "https://" + netip.AddrPortFrom(c.APIVIP, APIServerPort).String()
+	script := fmt.Sprintf(`kubectl=%s
+[ -x "$kubectl" ] || exit 0
+end=$(( $(date +%%s) + %d ))
+until "$kubectl" --kubeconfig=%s --server=%s --request-timeout=10s get --raw=/readyz >/dev/null 2>&1; do
+	if [ "$(date +%%s)" -ge "$end" ]; then
+		echo "no API server answered at %s within %d min; starting this one anyway"
+		exit 0
+	fi
+	sleep 5
+done
+echo "the API server at %s is ready; starting this one"
+`, bin("kubectl"), awaitPeerMinutes*60, kubeconfig, endpoint, endpoint, awaitPeerMinutes, endpoint)
+	what := fmt.Sprintf("Run by kube-apiserver.service of %s (not the first control plane of cluster %s) before it starts: waits until another API server serves %s.", n.Name, c.Name, endpoint)
+	if err := b.text(AwaitAPIEndpoint, 0o755, what, script); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("ExecStartPre=/bin/sh %s\nTimeoutStartSec=infinity\n", AwaitAPIEndpoint), nil
 }
 
 // hasAPIVirtualAddress reports whether node n carries the cluster's

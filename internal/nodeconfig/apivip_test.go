@@ -1,6 +1,7 @@
 package nodeconfig
 
 import (
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -67,5 +68,47 @@ func TestAPIVirtualAddressPeers(t *testing.T) {
 		if _, ok := fileByPath(n, KeepalivedConfig); ok || slices.Contains(n.Enable, "keepalived.service") {
 			t.Errorf("%s of a one-control-plane cluster runs keepalived", name)
 		}
+	}
+}
+
+// The control planes' API servers start one after the other: the first
+// never waits, every later one waits for the cluster's endpoint first, and
+// a cluster with one control plane has no such wait.
+func TestAPIServersStartInTurn(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		nodes []string
+		waits map[string]bool
+	}{
+		{"ha", haNodes, map[string]bool{"cp1": false, "cp2": true, "cp3": true, "w1": false}},
+		{"one control plane", defaultNodes, map[string]bool{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := planFor(t, labSpec("routes", "", tc.nodes...))
+			c := p.Clusters[0]
+			for name, n := range buildAll(t, p, func(plan.Cluster) Credentials { return newFakeCreds() }) {
+				f, hasScript := fileByPath(n, AwaitAPIEndpoint)
+				unit, _ := unitByName(n, "kube-apiserver.service")
+				hasPre := strings.Contains(unit.Contents, "ExecStartPre=/bin/sh "+AwaitAPIEndpoint)
+				if want := tc.waits[name]; hasScript != want || hasPre != want {
+					t.Errorf("%s: wait script %v, ExecStartPre %v; want %v", name, hasScript, hasPre, want)
+				}
+				if !hasScript {
+					continue
+				}
+				script := string(f.Contents)
+				for _, must := range []string{"--server=https://" + c.APIVIP.String() + ":6443", "get --raw=/readyz", "+ 600 ))", "exit 0"} {
+					if !strings.Contains(script, must) {
+						t.Errorf("%s: %q missing from the wait script:\n%s", name, must, script)
+					}
+				}
+				if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+					t.Errorf("%s: the wait script does not parse: %v\n%s", name, err, out)
+				}
+				if !strings.Contains(unit.Contents, "TimeoutStartSec=infinity") {
+					t.Errorf("%s: the API server's start would time out during the wait", name)
+				}
+			}
+		})
 	}
 }

@@ -128,6 +128,11 @@ func (b *builder) controlPlane() error {
 		// Secrets are encrypted in etcd with the cluster's key.
 		"--encryption-provider-config=" + EncryptionConfigPath,
 	}
+	cmKubeconfig := kubeconfigPath("controller-manager")
+	awaitPeer, err := b.awaitAPIEndpoint(cmKubeconfig)
+	if err != nil {
+		return err
+	}
 	b.unit("kube-apiserver.service", fmt.Sprintf(`[Unit]
 Description=Kubernetes API server of cluster %s
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/
@@ -135,7 +140,7 @@ After=network-online.target etcd.service
 Wants=network-online.target
 
 [Service]
-%s
+%s%s
 Restart=always
 RestartSec=5
 LimitNOFILE=65536
@@ -145,9 +150,8 @@ TimeoutStopSec=15
 
 [Install]
 WantedBy=multi-user.target
-`, c.Name, execStart(bin("kube-apiserver"), apiFlags)))
+`, c.Name, awaitPeer, execStart(bin("kube-apiserver"), apiFlags)))
 
-	cmKubeconfig := kubeconfigPath("controller-manager")
 	cmFlags := append(localComponentFlags(cmKubeconfig),
 		"--cluster-name="+c.Name,
 		"--client-ca-file="+certPath(pki.KubernetesCA),

@@ -29,6 +29,10 @@ const (
 	// KeepalivedConfig holds the API virtual address's VRRP settings on
 	// the control planes of a cluster with two or more.
 	KeepalivedConfig = "/etc/keepalived/keepalived.conf"
+	// AwaitAPIEndpoint is the script a control plane other than the first
+	// runs before its API server starts: it waits for the cluster's API
+	// endpoint (see apivip.go).
+	AwaitAPIEndpoint = ScriptDir + "/await-api-endpoint"
 	NetworkdDir      = "/etc/systemd/network"
 	SysctlPath       = "/etc/sysctl.d/90-kubelab.conf"
 	ModulesPath      = "/etc/modules-load.d/kubelab.conf"
