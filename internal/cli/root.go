@@ -75,6 +75,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newLogsCmd,
 		newKubeconfigCmd,
 		newHostnetCmd,
+		newServeCmd,
 		newVersionCmd,
 	} {
 		root.AddCommand(add(opts))

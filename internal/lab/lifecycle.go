@@ -53,6 +53,14 @@ func (e *Env) DestroyPhases(purge bool) []Phase {
 	return []Phase{
 		{Name: "vms", Describe: func() string { return "stop and delete every node's VM and disk" },
 			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Delete) }},
+		{Name: "serve", Describe: func() string { return "stop the lab's config server if it runs" },
+			Run: func(ctx context.Context) error {
+				if len(remaining.Clusters) > 0 {
+					return nil // the other clusters' nodes may still fetch
+				}
+				_, err := StopServe(e.Layout)
+				return err
+			}},
 		{Name: "network", Describe: func() string {
 			if len(remaining.Clusters) == 0 {
 				return "remove the bridge, taps, rules and the namespace kubelab created"
