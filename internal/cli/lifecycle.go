@@ -139,7 +139,7 @@ type bootFlags struct {
 }
 
 func (b *bootFlags) add(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&b.together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers after them)")
+	cmd.Flags().BoolVar(&b.together, "boot-together", false, "start every node at once (default: control plane and etcd nodes first, workers once the API server is ready)")
 	cmd.Flags().BoolVar(&b.noTemplate, "no-template", false, "boot new nodes instead of resuming the image's node template (made once per node shape, then reused)")
 	cmd.Flags().DurationVar(&b.bootTimeout, "boot-timeout", 0, "how long to wait for every node's readiness marker (default 10m under emulation, 2m30s with KVM; more for nested hypervisors)")
 }

@@ -202,6 +202,8 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 	// image phase may only now have put in place.
 	t := func() Timeouts { return e.timeouts(ctx) }
 	cls := e.clusters()
+	// The workers the boot phase leaves to the workers phase.
+	var deferred []plan.Cluster
 	return []Phase{
 		{Name: "render", Describe: func() string { return "write PKI, ssh keys and node configurations into " + e.Layout.Dir },
 			Run: func(ctx context.Context) error { return e.render() }},
@@ -225,9 +227,16 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 		{Name: "disks", Describe: func() string { return "create a qcow2 overlay disk and config medium per node" },
 			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Create) }},
 		{Name: "boot", Describe: func() string {
-			return fmt.Sprintf("start every node and wait for %q on its console (up to %s)", versions.ReadyMarker, t().Boot)
+			if e.BootTogether {
+				return fmt.Sprintf("start every node and wait for %q on its console (up to %s)", versions.ReadyMarker, t().Boot)
+			}
+			return fmt.Sprintf("start the control plane and etcd nodes (every node if none has to boot) and wait for %q on their consoles (up to %s)", versions.ReadyMarker, t().Boot)
 		},
-			Run: func(ctx context.Context) error { return e.boot(ctx, cls, t().Boot) }},
+			Run: func(ctx context.Context) error {
+				var now []plan.Cluster
+				now, deferred = e.bootOrder(ctx, cls)
+				return e.boot(ctx, now, t().Boot)
+			}},
 		{Name: "etcd", Describe: func() string {
 			return fmt.Sprintf("wait for /health on every etcd member over mTLS (up to %s)", t().Etcd)
 		},
@@ -236,6 +245,10 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 			Run: func(ctx context.Context) error { return e.waitAPI(ctx, cls, t().APIServer) }},
 		{Name: "addons", Describe: func() string { return "apply RBAC (as super-admin) and CoreDNS (as admin)" },
 			Run: func(ctx context.Context) error { return e.applyAddons(ctx, cls, t().Addons) }},
+		{Name: "workers", Describe: func() string {
+			return fmt.Sprintf("start the workers the boot phase left for now and wait for %q on their consoles (up to %s)", versions.ReadyMarker, t().Boot)
+		},
+			Run: func(ctx context.Context) error { return e.boot(ctx, deferred, t().Boot) }},
 		{Name: "nodes", Describe: func() string { return fmt.Sprintf("wait until every worker is Ready (up to %s)", t().Nodes) },
 			Run: func(ctx context.Context) error { return e.waitNodes(ctx, cls, t().Nodes) }},
 		{Name: "dns", Describe: func() string { return fmt.Sprintf("wait until CoreDNS is available (up to %s)", t().Addons) },
@@ -331,30 +344,30 @@ func (e *Env) eachNode(ctx context.Context, cls []plan.Cluster, fn func(context.
 	return errors.Join(errs...)
 }
 
-// boot starts every node that is not running and waits for its readiness
-// marker. A node already running is only checked for having booted. Each
-// node's stage (starting, kernel, systemd, ready) is read from its console
-// while waiting and reported as its status.
+// boot starts every node of cls that is not running and waits for its
+// readiness marker. A node already running is only checked for having
+// booted. Each node's stage (starting, kernel, systemd, ready) is read from
+// its console while waiting and reported as its status.
 func (e *Env) boot(ctx context.Context, cls []plan.Cluster, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	return e.eachNode(ctx, cls, e.bootNode)
+}
+
+// bootOrder splits up's nodes into those to boot now and the workers to
+// boot once the API server is ready and the add-ons are applied. Workers
+// wait when some of them have to boot (not only resume), there are control
+// plane or etcd nodes, and --boot-together was not given. Measured on two
+// emulated cores: a worker booting while the control plane starts takes
+// CPU the API server's start needs (each emulated VM costs 20-45 % of a
+// core even idle), and its kubelet can do nothing before the API answers;
+// the API server's post-start hooks then time out and it starts over.
+func (e *Env) bootOrder(ctx context.Context, cls []plan.Cluster) (now, later []plan.Cluster) {
 	first, rest := splitByRole(cls)
 	if e.BootTogether || len(first) == 0 || len(rest) == 0 || !e.anyNeedsBoot(ctx, rest) {
-		return e.eachNode(ctx, cls, e.bootNode)
+		return cls, nil
 	}
-	// Staggered: the control plane and etcd nodes boot alone, so their
-	// services start while the workers boot (on a small host the VMs
-	// otherwise share the cores for the whole boot, and the API server's
-	// start comes after all of it).
-	for _, c := range rest {
-		for _, n := range c.Nodes {
-			e.Progress.Status(n.Name, "waiting for the control plane to boot first")
-		}
-	}
-	if err := e.eachNode(ctx, first, e.bootNode); err != nil {
-		return err
-	}
-	return e.eachNode(ctx, rest, e.bootNode)
+	return first, rest
 }
 
 // anyNeedsBoot reports whether a node of cls would boot a kernel: one that
