@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -12,7 +13,7 @@ import (
 )
 
 func newPlanCmd(g *globalOptions) *cobra.Command {
-	var output string
+	var output, diagram string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Validate lab.yaml and print the address plan: networks, nodes and host forwards",
@@ -30,17 +31,25 @@ func newPlanCmd(g *globalOptions) *cobra.Command {
 				out, err = p.JSON()
 			case "yaml":
 				out, err = p.YAML()
+			case "svg":
+				out = p.SVG()
 			default:
-				return fmt.Errorf("-o %q: use text, json or yaml", output)
+				return fmt.Errorf("-o %q: use text, json, yaml or svg", output)
 			}
 			if err != nil {
 				return err
+			}
+			if diagram != "" {
+				if err := os.WriteFile(diagram, p.SVG(), 0o644); err != nil {
+					return fmt.Errorf("--diagram: %w", err)
+				}
 			}
 			_, err = cmd.OutOrStdout().Write(out)
 			return err
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json or yaml")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json, yaml or svg (a diagram of the lab's networks and nodes)")
+	cmd.Flags().StringVar(&diagram, "diagram", "", "also write the SVG diagram to this file")
 	return cmd
 }
 

@@ -2,7 +2,10 @@ package plan
 
 import (
 	"bytes"
+	"encoding/xml"
 	"flag"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +66,57 @@ func TestTopologyGoldens(t *testing.T) {
 			}
 			golden(t, topo+".json", js)
 			golden(t, topo+".txt", p.Text())
+			golden(t, topo+".svg", p.SVG())
+		})
+	}
+}
+
+// The diagram is well-formed XML and shows every node's name, address and
+// MAC, every forward's host port and the bridge.
+func TestDiagramContents(t *testing.T) {
+	for _, topo := range spec.Topologies() {
+		t.Run(topo, func(t *testing.T) {
+			tmpl, err := spec.Template(topo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := New(mustLab(t, string(tmpl)), "/lab")
+			if err != nil {
+				t.Fatal(err)
+			}
+			svg := p.SVG()
+			d := xml.NewDecoder(bytes.NewReader(svg))
+			var texts []string
+			for {
+				tok, err := d.Token()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("not well-formed XML: %v", err)
+				}
+				if cd, ok := tok.(xml.CharData); ok {
+					texts = append(texts, string(cd))
+				}
+			}
+			all := strings.Join(texts, "\n")
+			want := []string{p.Network.Bridge, p.Network.Gateway.String()}
+			for _, c := range p.Clusters {
+				for _, n := range c.Nodes {
+					want = append(want, n.Name, n.Address.String(), n.MAC)
+				}
+			}
+			for _, f := range p.Forwards {
+				want = append(want, fmt.Sprintf(":%d", f.HostFrom))
+			}
+			for _, w := range want {
+				if !strings.Contains(all, w) {
+					t.Errorf("%q is not in the diagram", w)
+				}
+			}
+			if !bytes.Equal(svg, p.SVG()) {
+				t.Error("two renderings differ")
+			}
 		})
 	}
 }
