@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/kubelab/kubelab/internal/driver/drivertest"
+	"github.com/kubelab/kubelab/test/testenv"
 )
 
 // labYAML is a test lab: name, hypervisor, provisioning, then its nodes.
@@ -113,9 +114,9 @@ func newHarness(t *testing.T, provisioning, hypervisor string, nodes []string) *
 	suffix := randomSuffix()
 	h := &harness{t: t, dir: t.TempDir(), lab: "e2e" + suffix[:4], hypervisor: hypervisor, nodes: nodes,
 		hostNS: "kle2e-host-" + suffix, lanNS: "kle2e-lan-" + suffix}
-	h.bin = buildKubelab(t)
+	h.bin = testenv.BuildKubelab(t)
 	var err error
-	if h.log, err = os.Create(filepath.Join(artifactsDir(t), "kubelab-"+provisioning+".log")); err != nil {
+	if h.log, err = os.Create(filepath.Join(testenv.ArtifactsDir(t), "kubelab-"+provisioning+".log")); err != nil {
 		t.Fatal(err)
 	}
 	// The user's kubeconfig lives inside the test's own directory, so the
@@ -210,7 +211,7 @@ func (h *harness) kubelabErr(timeout time.Duration, args ...string) (string, err
 func (h *harness) kubectl(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	full := append([]string{"netns", "exec", h.hostNS, kubectlPath(h.t), "--kubeconfig",
+	full := append([]string{"netns", "exec", h.hostNS, testenv.KubectlPath(h.t), "--kubeconfig",
 		filepath.Join(h.dir, "clusters", "k1", "kubeconfig")}, args...)
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
 	return string(out), err
@@ -330,49 +331,4 @@ func randomSuffix() string {
 	b := make([]byte, 4)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-func artifactsDir(t *testing.T) string {
-	dir := os.Getenv("KUBELAB_E2E_ARTIFACTS")
-	if dir == "" {
-		dir = filepath.Join(os.TempDir(), "kubelab-e2e")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-func repoRoot(t *testing.T) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Dir(filepath.Dir(wd)) // test/e2e -> repo
-}
-
-func buildKubelab(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "kubelab")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/kubelab")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build kubelab: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// kubectlPath is the kubectl kubelab built with the node components.
-func kubectlPath(t *testing.T) string {
-	t.Helper()
-	cache := os.Getenv("KUBELAB_CACHE")
-	if cache == "" {
-		d, _ := os.UserCacheDir()
-		cache = filepath.Join(d, "kubelab")
-	}
-	matches, _ := filepath.Glob(filepath.Join(cache, "components", "*", "bin", "kubectl"))
-	if len(matches) == 0 {
-		t.Fatalf("no kubectl under %s/components (run kubelab components build, as hack/test.sh does)", cache)
-	}
-	return matches[0]
 }

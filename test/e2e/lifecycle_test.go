@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kubelab/kubelab/test/testenv"
 )
 
 // Generous bounds for software emulation; a run that needs them is slow,
@@ -235,7 +237,7 @@ func (h *harness) requireTimings(cmd string) {
 	if err := json.Unmarshal(data, &doc); err != nil || len(doc.Phases) < 5 {
 		h.t.Fatalf("phase timings unreadable or short: %v\n%s", err, data)
 	}
-	os.WriteFile(filepath.Join(artifactsDir(h.t), "timings-"+cmd+".json"), data, 0o644)
+	os.WriteFile(filepath.Join(testenv.ArtifactsDir(h.t), "timings-"+cmd+".json"), data, 0o644)
 }
 
 // nodePortFromLAN fetches the check's NodePort service from the LAN

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kubelab/kubelab/internal/driver/drivertest"
 	"github.com/kubelab/kubelab/internal/image"
+	"github.com/kubelab/kubelab/test/testenv"
 )
 
 var (
@@ -102,11 +103,11 @@ func TestKubelabOnNestedXen(t *testing.T) {
 		t.Fatal(err)
 	}
 	build := exec.Command("go", "build", "-o", filepath.Join(payload, "kubelab"), "./cmd/kubelab")
-	build.Dir = repoRoot(t)
+	build.Dir = testenv.RepoRoot(t)
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build kubelab: %v\n%s", err, out)
 	}
-	if out, err := exec.Command("cp", kubectlPath(t), filepath.Join(payload, "kubectl")).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", testenv.KubectlPath(t), filepath.Join(payload, "kubectl")).CombinedOutput(); err != nil {
 		t.Fatalf("copy kubectl: %v\n%s", err, out)
 	}
 	// The node image goes in ready-made: dom0 has no component cache.
@@ -132,7 +133,7 @@ func TestKubelabOnNestedXen(t *testing.T) {
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 
-	console := filepath.Join(artifactsDir(t), "xen-console.log")
+	console := filepath.Join(testenv.ArtifactsDir(t), "xen-console.log")
 	qemu := exec.Command("ip", "netns", "exec", ns, "qemu-system-x86_64",
 		"-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt", "-smp", "2", "-m", "3584",
 		"-display", "none", "-monitor", "none", "-serial", "file:"+console, "-no-reboot", "-nic", "none",
@@ -212,7 +213,7 @@ func ensureDom0(t *testing.T) string {
 	t.Helper()
 	key := sha256.New()
 	json.NewEncoder(key).Encode([]any{"dom0-v1", dom0Packages, dom0Sources, dom0Init})
-	cache := filepath.Join(cacheDir(), "xen-dom0", hex.EncodeToString(key.Sum(nil))[:16])
+	cache := filepath.Join(testenv.CacheDir(), "xen-dom0", hex.EncodeToString(key.Sum(nil))[:16])
 	if _, err := os.Stat(filepath.Join(cache, "root.img")); err == nil {
 		return cache
 	}
@@ -264,14 +265,6 @@ func ensureDom0(t *testing.T) string {
 	return cache
 }
 
-func cacheDir() string {
-	if c := os.Getenv("KUBELAB_CACHE"); c != "" {
-		return c
-	}
-	d, _ := os.UserCacheDir()
-	return filepath.Join(d, "kubelab")
-}
-
 // nodeAddress reads a node's address from kubelab plan.
 func nodeAddress(t *testing.T, bin, labDir, node string) string {
 	t.Helper()
@@ -303,30 +296,4 @@ func run(t *testing.T, name string, args ...string) {
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
-}
-
-func repoRoot(t *testing.T) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Dir(filepath.Dir(wd)) // test/xen -> repo
-}
-
-func kubectlPath(t *testing.T) string {
-	t.Helper()
-	matches, _ := filepath.Glob(filepath.Join(cacheDir(), "components", "*", "bin", "kubectl"))
-	if len(matches) == 0 {
-		t.Fatalf("no kubectl under %s/components (run kubelab components build, as hack/test.sh does)", cacheDir())
-	}
-	return matches[0]
-}
-
-// artifactsDir keeps the nested console where CI can find it.
-func artifactsDir(t *testing.T) string {
-	dir := filepath.Join(os.TempDir(), "kubelab-e2e")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
 }
