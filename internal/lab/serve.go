@@ -12,14 +12,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kubelab/kubelab/internal/configserver"
+	"github.com/kubelab/kubelab/internal/daemon"
 	"github.com/kubelab/kubelab/internal/fsutil"
 	"github.com/kubelab/kubelab/internal/hostnet"
 	"github.com/kubelab/kubelab/internal/plan"
@@ -133,9 +131,9 @@ const DefaultServePort = 80
 
 // Serve runs the config server in the calling process until ctx ends: on
 // the lab network's gateway address, inside the lab's namespace when it
-// has one. It writes its own pid file once it listens (StartServe waits for
-// that) and removes it when it stops. Every fetch is appended to the fetch
-// log in the lab directory, and to out.
+// has one. It says serveReady on out once it listens (StartServe waits for
+// that). Every fetch is appended to the fetch log in the lab directory, and
+// to out.
 func Serve(ctx context.Context, l Layout, p *plan.Plan, port int, out io.Writer) error {
 	if port < 1 || port > 65535 {
 		return fmt.Errorf("config server port %d: want 1-65535", port)
@@ -166,12 +164,7 @@ func Serve(ctx context.Context, l Layout, p *plan.Plan, port int, out io.Writer)
 		return fmt.Errorf("config server: %w", err)
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
-	if err := fsutil.WriteFile(l.ServePidFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644, 0o700); err != nil {
-		ln.Close()
-		return fmt.Errorf("config server: %w", err)
-	}
-	defer os.Remove(l.ServePidFile())
-	fmt.Fprintf(out, "config server: serving %d nodes on http://%s (fetch log %s)\n", len(entries), addr, l.ServeFetchLog())
+	fmt.Fprintf(out, "%s %d nodes on http://%s (fetch log %s)\n", serveReady, len(entries), addr, l.ServeFetchLog())
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
@@ -189,98 +182,25 @@ func ServeArgs(l Layout, port int) []string {
 	return []string{"--dir", l.Dir, "serve", "--foreground", "--port", strconv.Itoa(port)}
 }
 
-// ServeRunning finds the lab's config server process: the pid in its pid
-// file when that process is this lab's server.
-func ServeRunning(l Layout) (int, bool) {
-	data, err := os.ReadFile(l.ServePidFile())
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 || !isServeProcess(pid, l) {
-		return 0, false
-	}
-	return pid, true
+// serveReady is what the config server prints once it listens.
+const serveReady = "config server: serving"
+
+func serveProcess(l Layout) daemon.Process {
+	return daemon.Process{Name: "config server", PidFile: l.ServePidFile(),
+		LogFile: filepath.Join(l.Serve(), "serve.log"), Match: ServeArgs(l, 0)[:4]}
 }
 
-// isServeProcess checks /proc/pid/cmdline, so a pid reused by another
-// process is never taken for the server.
-func isServeProcess(pid int, l Layout) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
-	}
-	args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
-	want := ServeArgs(l, 0)[:4] // --dir DIR serve --foreground
-	for i := 0; i+len(want) <= len(args); i++ {
-		if slices.Equal(args[i:i+len(want)], want) {
-			return true
-		}
-	}
-	return false
-}
+// ServeRunning returns the pid of the lab's config server if it runs.
+func ServeRunning(l Layout) (int, bool) { return serveProcess(l).Running() }
 
-// StartServe starts the lab's config server as a background process
-// (exe ServeArgs, in its own session, output to serve/serve.log) unless it
+// StartServe starts the lab's config server as a background process (exe
+// with ServeArgs, in its own session, output to serve/serve.log) unless it
 // runs already, and waits until it listens. started says whether this call
 // started it.
 func StartServe(l Layout, exe string, port int) (pid int, started bool, err error) {
-	if pid, ok := ServeRunning(l); ok {
-		return pid, false, nil
-	}
-	if err := os.MkdirAll(l.Serve(), 0o700); err != nil {
-		return 0, false, fmt.Errorf("config server: %w", err)
-	}
-	logPath := filepath.Join(l.Serve(), "serve.log")
-	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return 0, false, fmt.Errorf("config server: %w", err)
-	}
-	defer out.Close()
-	cmd := exec.Command(exe, ServeArgs(l, port)...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, false, fmt.Errorf("config server: start %s: %w", exe, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.After(30 * time.Second)
-	for {
-		if pid, ok := ServeRunning(l); ok && pid == cmd.Process.Pid {
-			return pid, true, nil
-		}
-		select {
-		case err := <-exited:
-			return 0, false, fmt.Errorf("config server exited at start (%v); its log %s ends:\n%s", err, logPath, ConsoleTail(logPath, 10))
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			return 0, false, fmt.Errorf("config server did not listen within 30 s; its log %s ends:\n%s", logPath, ConsoleTail(logPath, 10))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return serveProcess(l).Start(exec.Command(exe, ServeArgs(l, port)...), serveReady, 30*time.Second, nil)
 }
 
-// StopServe stops the lab's config server if it runs (SIGTERM, then
-// SIGKILL after 5 s) and removes its pid file. stopped says whether one ran.
-func StopServe(l Layout) (stopped bool, err error) {
-	pid, ok := ServeRunning(l)
-	if !ok {
-		os.Remove(l.ServePidFile())
-		return false, nil
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return false, fmt.Errorf("config server pid %d: %w", pid, err)
-	}
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if !isServeProcess(pid, l) {
-			os.Remove(l.ServePidFile())
-			return true, nil
-		}
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return false, fmt.Errorf("config server pid %d: %w", pid, err)
-	}
-	os.Remove(l.ServePidFile())
-	return true, nil
-}
+// StopServe stops the lab's config server if it runs. stopped says
+// whether one ran.
+func StopServe(l Layout) (stopped bool, err error) { return serveProcess(l).Stop(5 * time.Second) }
