@@ -1,11 +1,15 @@
 package hostnet
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -16,7 +20,7 @@ import (
 // MAC: it must get cp1's address and the gateway as router.
 func TestDHCPHandsOutFixedAddress(t *testing.T) {
 	requireNetAdmin(t)
-	dnsmasq := requireTool(t, "dnsmasq")
+	requireTool(t, "dnsmasq")
 	busybox := requireTool(t, "busybox")
 	labName, _ := newNS(t, "lab")
 	_, host := newNS(t, "host")
@@ -44,34 +48,94 @@ func TestDHCPHandsOutFixedAddress(t *testing.T) {
 	}
 	must(t, vh.LinkSetUp(eth0))
 
-	args := append([]string{"netns", "exec", labName, dnsmasq, "--keep-in-foreground", "--log-facility=-"}, DnsmasqArgs(c)...)
-	srv := exec.Command("ip", args...)
-	srvOut := &lockedBuffer{}
-	srv.Stdout, srv.Stderr = srvOut, srvOut
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+	// Apply with network.dhcp runs dnsmasq in the lab's namespace.
+	c.Network.DHCP = true
+	apply(t, host, c)
+	pid, ok := c.dnsmasq().Running()
+	if !ok {
+		t.Fatal("no dnsmasq after Apply with DHCP")
 	}
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		srv.Wait()
-	})
-
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); ns != nsInode(t, lab) {
+		t.Errorf("dnsmasq runs in namespace %s, not the lab's (%s)", ns, nsInode(t, lab))
+	}
+	logText := func() string {
+		data, _ := os.ReadFile(filepath.Join(c.StateDir, DnsmasqLogFile))
+		return string(data)
+	}
 	script := filepath.Join(t.TempDir(), "udhcpc.sh")
 	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"LEASE ip=$ip router=$router subnet=$subnet\"\nexit 0\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command("ip", "netns", "exec", vmName, busybox, "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "10", "-T", "1", "-s", script).CombinedOutput()
 	if err != nil {
-		t.Fatalf("udhcpc: %v\n%s\ndnsmasq:\n%s", err, out, srvOut.String())
+		t.Fatalf("udhcpc: %v\n%s\ndnsmasq:\n%s", err, out, logText())
 	}
 	want := "LEASE ip=192.168.100.10 router=192.168.100.1 subnet=255.255.255.0"
 	if !strings.Contains(string(out), want) {
-		t.Errorf("udhcpc got no %q:\n%s\ndnsmasq:\n%s", want, out, srvOut.String())
+		t.Errorf("udhcpc got no %q:\n%s\ndnsmasq:\n%s", want, out, logText())
 	}
-	srv.Process.Kill()
-	srv.Wait()
+	if !strings.Contains(logText(), "DHCPACK(") || !strings.Contains(logText(), "192.168.100.10 "+c.Nodes[0].MAC) {
+		t.Errorf("dnsmasq's log in the lab directory shows no DHCPACK of cp1:\n%s", logText())
+	}
+	// The same hosts again: the same dnsmasq. Another node: restarted with it.
+	apply(t, host, c)
+	if again, _ := c.dnsmasq().Running(); again != pid {
+		t.Errorf("Apply with the same hosts restarted dnsmasq (%d -> %d)", pid, again)
+	}
+	c.Nodes = c.Nodes[:len(c.Nodes)-1]
+	apply(t, host, c)
+	if again, ok := c.dnsmasq().Running(); !ok || again == pid {
+		t.Errorf("Apply with fewer hosts kept dnsmasq %d (now %d, running %v)", pid, again, ok)
+	}
+	pid, _ = c.dnsmasq().Running()
 	remove(t, host, c)
+	if data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); len(data) > 0 {
+		t.Errorf("dnsmasq (pid %d) still runs after Remove", pid)
+	}
 	if _, err := os.Stat(filepath.Join(c.StateDir, LeaseFile)); !os.IsNotExist(err) {
 		t.Errorf("lease file left behind: %v", err)
+	}
+}
+
+// nsInode names a namespace as /proc/<pid>/ns/net does ("net:[N]").
+func nsInode(t *testing.T, h netns.NsHandle) string {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(h), &st); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("net:[%d]", st.Ino)
+}
+
+// A DHCP server already bound in the lab's namespace: Apply with DHCP
+// fails naming dnsmasq's own complaint, and the other server runs on.
+func TestDHCPPortTaken(t *testing.T) {
+	requireNetAdmin(t)
+	dnsmasq := requireTool(t, "dnsmasq")
+	labName, _ := newNS(t, "lab")
+	_, host := newNS(t, "host")
+	c := testConfig(t, labName)
+	apply(t, host, c)
+	t.Cleanup(func() { remove(t, host, c) })
+	other := exec.Command("ip", "netns", "exec", labName, dnsmasq, "--conf-file=/dev/null", "--port=0", "--keep-in-foreground",
+		"--dhcp-range=10.99.0.10,10.99.0.20", "--dhcp-leasefile="+filepath.Join(t.TempDir(), "other.leases"))
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	time.Sleep(500 * time.Millisecond) // let it bind
+
+	c.Network.DHCP = true
+	var err error
+	runIn(t, host, func() error { _, err = Apply(context.Background(), c); return nil })
+	if err == nil || !strings.Contains(err.Error(), "dhcp") || !strings.Contains(err.Error(), "ddress already in use") {
+		t.Fatalf("Apply with the DHCP port taken: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if other.ProcessState != nil {
+		t.Error("the other DHCP server was stopped")
+	}
+	if _, ok := c.dnsmasq().Running(); ok {
+		t.Error("a failed dnsmasq is still recorded as running")
 	}
 }

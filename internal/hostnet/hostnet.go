@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/google/nftables"
@@ -169,6 +170,13 @@ func Apply(ctx context.Context, c Config) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("hostnet: %w", err)
 	}
+	var dnsmasq string
+	if c.Network.DHCP {
+		// Checked before anything on the host changes.
+		if dnsmasq, err = exec.LookPath("dnsmasq"); err != nil {
+			return State{}, fmt.Errorf("hostnet: network.dhcp needs dnsmasq (apt-get install dnsmasq-base, or run hack/install-deps.sh): %w", err)
+		}
+	}
 	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
 		return State{}, fmt.Errorf("hostnet: %w", err)
 	}
@@ -290,6 +298,14 @@ func Apply(ctx context.Context, c Config) (State, error) {
 	}); err != nil {
 		return State{}, err
 	}
+	if err := step("dhcp", func() error {
+		if c.Network.DHCP {
+			return c.ensureDnsmasq(ns, dnsmasq)
+		}
+		return c.stopDnsmasq() // turned off since the last Apply
+	}); err != nil {
+		return State{}, err
+	}
 	return show(c, ns, saved)
 }
 
@@ -372,6 +388,10 @@ func Remove(ctx context.Context, c Config) error {
 	defer ns.close()
 	fail := func(what string, err error) error { return fmt.Errorf("hostnet %s: remove %s: %w", c.Lab, what, err) }
 
+	// Whether or not the lab still asks for DHCP: one may run from before.
+	if err := c.stopDnsmasq(); err != nil {
+		return fail("dnsmasq", err)
+	}
 	if err := deleteTable(ns.nft, TableName(c.Lab)); err != nil {
 		return fail("rules", err)
 	}
@@ -422,7 +442,7 @@ func Remove(ctx context.Context, c Config) error {
 			}
 		}
 	}
-	for _, f := range []string{StateFile, DHCPHostsFile, RulesFile, LeaseFile} {
+	for _, f := range []string{StateFile, DHCPHostsFile, RulesFile, LeaseFile, DnsmasqLogFile} {
 		if err := os.Remove(filepath.Join(c.StateDir, f)); err != nil && !os.IsNotExist(err) {
 			return fail("files", err)
 		}

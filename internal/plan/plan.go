@@ -35,6 +35,7 @@ func New(lab *spec.Lab, baseDir string) (*Plan, error) {
 		CIDR:      labNet,
 		Bridge:    lab.Network.Bridge,
 		Namespace: lab.Network.Namespace,
+		DHCP:      lab.Network.DHCP,
 	}
 	p.Network.Gateway = addrOr(lab.Network.Gateway, mustNth(labNet, gatewayOffset))
 	p.Network.Failsafe = addrOr(lab.Network.Failsafe, lastHost(labNet))

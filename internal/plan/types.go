@@ -25,6 +25,8 @@ type Network struct {
 	FailsafeSSHPort int          `json:"failsafeSSHPort"`
 	CIDR6           netip.Prefix `json:"cidr6,omitzero"`
 	Gateway6        netip.Addr   `json:"gateway6,omitzero"`
+	// DHCP: dnsmasq on the bridge hands out the planned addresses by MAC.
+	DHCP bool `json:"dhcp,omitempty"`
 }
 
 // Cluster is one cluster's block, networks and endpoints.

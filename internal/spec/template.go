@@ -85,6 +85,7 @@ network:
   # failsafe: 192.168.100.254    # debug VM address (default: last host), ssh on host port 8000
   # bridge: kl-%s
   # namespace: kubelab           # put the whole lab network in this network namespace
+  # dhcp: true                   # dnsmasq on the bridge gives each node its address by MAC
 
 defaults:
   image: %s              # kubelab's own node image ("kubelab image build")

@@ -65,6 +65,9 @@ type Network struct {
 	Namespace string `yaml:"namespace"` // optional network namespace holding the whole lab network
 	Failsafe  string `yaml:"failsafe"`  // failsafe/debug VM address, default last host (.254)
 	CIDR6     string `yaml:"cidr6"`     // IPv6 lab network for dual-stack clusters
+	// DHCP runs dnsmasq on the bridge, handing each node (and the failsafe
+	// VM) its planned address by MAC, as the "Kubernetes and Xen" guide does.
+	DHCP bool `yaml:"dhcp"`
 }
 
 // NodeDefaults apply to every node that does not say otherwise.
