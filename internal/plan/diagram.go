@@ -77,6 +77,9 @@ func (p *Plan) SVG() []byte {
 	if n.Namespace != "" {
 		bridge += "  in namespace " + n.Namespace
 	}
+	if n.DHCP {
+		bridge += "  DHCP by MAC"
+	}
 	body.rect(svgMargin, y, width-2*svgMargin, 2*svgLine+8, "bridge")
 	body.text(svgMargin+10, y+svgLine+2, "title", bridge)
 	body.text(svgMargin+10, y+2*svgLine+2, "small", fmt.Sprintf("failsafe VM %s (%s), ssh on host port %d", n.Failsafe, n.FailsafeMAC, n.FailsafeSSHPort))

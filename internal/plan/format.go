@@ -43,6 +43,9 @@ func (p *Plan) Text() []byte {
 	if n.Namespace != "" {
 		fmt.Fprintf(&b, "  namespace %s", n.Namespace)
 	}
+	if n.DHCP {
+		b.WriteString("  dhcp (dnsmasq, addresses by MAC)")
+	}
 	fmt.Fprintf(&b, "\n  failsafe  %s  mac %s  ssh host port %d\n", n.Failsafe, n.FailsafeMAC, n.FailsafeSSHPort)
 	if n.CIDR6.IsValid() {
 		fmt.Fprintf(&b, "  network6  %s  gateway %s\n", n.CIDR6, n.Gateway6)
