@@ -137,18 +137,26 @@ func (b *builder) awaitAPIEndpoint(kubeconfig string) (string, error) {
 		return "", nil
 	}
 	endpoint := "https://" + netip.AddrPortFrom(c.APIVIP, APIServerPort).String()
+	// kubectl costs about a second of CPU per run under emulation, CPU the
+	// starting API server needs: it runs only once the endpoint accepts
+	// connections (a bash TCP connect costs a tenth of that), and then every
+	// 10 s.
 	script := fmt.Sprintf(`kubectl=%s
 [ -x "$kubectl" ] || exit 0
 end=$(( $(date +%%s) + %d ))
-until "$kubectl" --kubeconfig=%s --server=%s --request-timeout=10s get --raw=/readyz >/dev/null 2>&1; do
+ready() {
+	timeout 5 bash -c '</dev/tcp/%s/%d' 2>/dev/null || return 1
+	"$kubectl" --kubeconfig=%s --server=%s --request-timeout=10s get --raw=/readyz >/dev/null 2>&1
+}
+until ready; do
 	if [ "$(date +%%s)" -ge "$end" ]; then
 		echo "no API server answered at %s within %d min; starting this one anyway"
 		exit 0
 	fi
-	sleep 5
+	sleep 10
 done
 echo "the API server at %s is ready; starting this one"
-`, bin("kubectl"), awaitPeerMinutes*60, kubeconfig, endpoint, endpoint, awaitPeerMinutes, endpoint)
+`, bin("kubectl"), awaitPeerMinutes*60, c.APIVIP, APIServerPort, kubeconfig, endpoint, endpoint, awaitPeerMinutes, endpoint)
 	what := fmt.Sprintf("Run by kube-apiserver.service of %s (not the first control plane of cluster %s) before it starts: waits until another API server serves %s.", n.Name, c.Name, endpoint)
 	if err := b.text(AwaitAPIEndpoint, 0o755, what, script); err != nil {
 		return "", err
