@@ -19,9 +19,15 @@ import (
 // through the host forward answers, status shows the node stopped, and
 // start heals it (three healthy etcd members). Then the whole cluster stops
 // through ACPI (every guest powers itself off) and starts again, and
-// destroy undefines every domain. This is the libvirt scenario CI runs
-// (about 30 minutes: four emulated nodes on two cores).
+// destroy undefines every domain. About 30 minutes: four emulated nodes on
+// two cores. It runs with hack/test.sh --e2e all, not in CI: on two cores
+// under TCG the three API servers' start is too close to starvation to gate
+// a merge (one of three runs on 2026-12-03 had no API server ready after
+// 20 minutes); CI runs the smaller libvirt cluster (TestLifecycleCloudInit).
 func TestHACloudInitLibvirt(t *testing.T) {
+	if !extraScenarios() {
+		t.Skip("too close to starvation on two emulated cores to gate CI; runs with hack/test.sh --e2e all, see the README")
+	}
 	h, before, step := upOnLibvirt(t, haNodes)
 	h.kubelab(checkTimeout, "check")
 	step("check")
