@@ -3,6 +3,7 @@ package nodeconfig
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/kubelab/kubelab/internal/plan"
@@ -111,53 +112,73 @@ WantedBy=multi-user.target
 	return nil
 }
 
-// awaitPeerMinutes bounds a later control plane's wait for the cluster's
-// API endpoint, so a cluster whose first control plane is gone still starts.
-const awaitPeerMinutes = 10
+// awaitPeerMinutes bounds a later control plane's wait, so a cluster whose
+// earlier control planes are gone or stuck still starts.
+const awaitPeerMinutes = 20
 
-// awaitAPIEndpoint returns the kube-apiserver unit's lines that make a
-// control plane other than the cluster's first wait, at most
-// awaitPeerMinutes, until the cluster's API endpoint answers /readyz: some
-// other API server is up and has written the cluster's bootstrap data
-// (RBAC roles, system namespaces, priority levels). So the control planes'
-// API servers start one after the other, as kubeadm joins them, instead of
-// all at once. Measured on two emulated cores: three API servers starting
-// together each take minutes of CPU for their post-start hooks; they time
-// out against an etcd starved by them, exit, and start over, and in one run
-// none was ready after 20 min. The first control plane never waits; the
-// others wait for nothing when a peer is already serving (a node healed).
-// Nodes without kubectl in their image skip the wait.
+// awaitScript is the wait before a later control plane's API server
+// starts. @NAMES@ are replaced. A node counts as up when its ssh port
+// accepts connections; kubectl (about a second of CPU per run under
+// emulation, taken from the API server that is starting) runs only once
+// the API port accepts connections, and then every 10 s.
+const awaitScript = `kubectl=@KUBECTL@
+[ -x "$kubectl" ] || exit 0
+end=$(( $(date +%s) + @SECONDS@ ))
+listens() { timeout 5 bash -c "</dev/tcp/$1/$2" 2>/dev/null; }
+ready() { listens "$1" @PORT@ && "$kubectl" --kubeconfig=@KUBECONFIG@ --server="https://$2" --request-timeout=10s get --raw=/readyz >/dev/null 2>&1; }
+# The control plane before this one while it is up, else the endpoint.
+turn() {
+	if listens @PREV@ 22; then
+		ready @PREV@ @PREVHOSTPORT@ && echo "@PREVNAME@'s API server is ready"
+	else
+		ready @VIP@ @VIPHOSTPORT@ && echo "@PREVNAME@ is down; the API server at @VIPHOSTPORT@ is ready"
+	fi
+}
+until turn; do
+	if [ "$(date +%s)" -ge "$end" ]; then
+		echo "not ready within @MINUTES@ min: neither @PREVNAME@'s API server nor the one at @VIPHOSTPORT@; starting this one anyway"
+		exit 0
+	fi
+	sleep 10
+done
+`
+
+// awaitAPIEndpoint returns the kube-apiserver unit's lines that make every
+// control plane but the cluster's first wait, at most awaitPeerMinutes,
+// until the control plane before it has a ready API server (or, when that
+// node is down, until the cluster's endpoint answers /readyz). So the API
+// servers start one after the other, as kubeadm joins control planes.
+// Measured on two emulated cores: three API servers starting together each
+// take minutes of CPU for their post-start hooks; they time out against an
+// etcd starved by them, exit, and start over (in one run none was ready
+// after 20 min), and two starting together after the first did the same.
+// The first control plane never waits; a healed node waits for nothing
+// when the one before it serves. Nodes without kubectl skip the wait.
 func (b *builder) awaitAPIEndpoint(kubeconfig string) (string, error) {
 	n, c := b.in.Node, b.in.Cluster
 	if !hasAPIVirtualAddress(c, n) {
 		return "", nil
 	}
 	cps := c.NodesWithRole(spec.RoleControlPlane)
-	if len(cps) == 0 || cps[0].Name == n.Name {
+	rank := slices.IndexFunc(cps, func(cp plan.Node) bool { return cp.Name == n.Name })
+	if rank <= 0 {
 		return "", nil
 	}
-	endpoint := "https://" + netip.AddrPortFrom(c.APIVIP, APIServerPort).String()
-	// kubectl costs about a second of CPU per run under emulation, CPU the
-	// starting API server needs: it runs only once the endpoint accepts
-	// connections (a bash TCP connect costs a tenth of that), and then every
-	// 10 s.
-	script := fmt.Sprintf(`kubectl=%s
-[ -x "$kubectl" ] || exit 0
-end=$(( $(date +%%s) + %d ))
-ready() {
-	timeout 5 bash -c '</dev/tcp/%s/%d' 2>/dev/null || return 1
-	"$kubectl" --kubeconfig=%s --server=%s --request-timeout=10s get --raw=/readyz >/dev/null 2>&1
-}
-until ready; do
-	if [ "$(date +%%s)" -ge "$end" ]; then
-		echo "no API server answered at %s within %d min; starting this one anyway"
-		exit 0
-	fi
-	sleep 10
-done
-echo "the API server at %s is ready; starting this one"
-`, bin("kubectl"), awaitPeerMinutes*60, c.APIVIP, APIServerPort, kubeconfig, endpoint, endpoint, awaitPeerMinutes, endpoint)
-	what := fmt.Sprintf("Run by kube-apiserver.service of %s (not the first control plane of cluster %s) before it starts: waits until another API server serves %s.", n.Name, c.Name, endpoint)
+	prev := cps[rank-1]
+	hostPort := func(a netip.Addr) string { return netip.AddrPortFrom(a, APIServerPort).String() }
+	script := strings.NewReplacer(
+		"@KUBECTL@", bin("kubectl"),
+		"@SECONDS@", fmt.Sprint(awaitPeerMinutes*60),
+		"@MINUTES@", fmt.Sprint(awaitPeerMinutes),
+		"@PORT@", fmt.Sprint(APIServerPort),
+		"@KUBECONFIG@", kubeconfig,
+		"@PREV@", prev.Address.String(),
+		"@PREVNAME@", prev.Name,
+		"@PREVHOSTPORT@", hostPort(prev.Address),
+		"@VIP@", c.APIVIP.String(),
+		"@VIPHOSTPORT@", hostPort(c.APIVIP),
+	).Replace(awaitScript)
+	what := fmt.Sprintf("Run by kube-apiserver.service of %s before it starts: waits until %s's API server is ready (or, with %s down, the one at %s).", n.Name, prev.Name, prev.Name, hostPort(c.APIVIP))
 	if err := b.text(AwaitAPIEndpoint, 0o755, what, script); err != nil {
 		return "", err
 	}

@@ -72,8 +72,9 @@ func TestAPIVirtualAddressPeers(t *testing.T) {
 }
 
 // The control planes' API servers start one after the other: the first
-// never waits, every later one waits for the cluster's endpoint first, and
-// a cluster with one control plane has no such wait.
+// never waits, every later one waits for the one before it (or, with that
+// node down, the cluster's endpoint), and a cluster with one control plane
+// has no such wait.
 func TestAPIServersStartInTurn(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -97,7 +98,9 @@ func TestAPIServersStartInTurn(t *testing.T) {
 					continue
 				}
 				script := string(f.Contents)
-				for _, must := range []string{"--server=https://" + c.APIVIP.String() + ":6443", "get --raw=/readyz", "+ 600 ))", "exit 0"} {
+				prev := map[string]string{"cp2": "192.168.100.10", "cp3": "192.168.100.11"}[name]
+				for _, must := range []string{"ready " + c.APIVIP.String() + " " + c.APIVIP.String() + ":6443", "listens " + prev + " 22", "ready " + prev + " " + prev + ":6443",
+					"get --raw=/readyz", "+ 1200 ))", "exit 0"} {
 					if !strings.Contains(script, must) {
 						t.Errorf("%s: %q missing from the wait script:\n%s", name, must, script)
 					}
