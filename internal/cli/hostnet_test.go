@@ -48,7 +48,10 @@ func inTestNamespace(t *testing.T, fn func()) {
 	}
 }
 
-func TestHostnetCommand(t *testing.T) {
+// initLab writes a default lab.yaml into a fresh directory and returns it
+// with a runner of kubelab commands on it (stdout, stderr, exit code).
+func initLab(t *testing.T) (string, func(args ...string) (string, string, int)) {
+	t.Helper()
 	dir := t.TempDir()
 	run := func(args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
@@ -58,6 +61,11 @@ func TestHostnetCommand(t *testing.T) {
 	if _, e, code := run("init"); code != 0 {
 		t.Fatalf("init: %s", e)
 	}
+	return dir, run
+}
+
+func TestHostnetCommand(t *testing.T) {
+	_, run := initLab(t)
 	inTestNamespace(t, func() {
 		out, e, code := run("hostnet", "apply", "-o", "json")
 		if code != 0 {

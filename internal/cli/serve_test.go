@@ -36,15 +36,7 @@ func TestServeCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("curl (apt-get install curl): %v", err)
 	}
-	dir := t.TempDir()
-	run := func(args ...string) (string, string, int) {
-		var out, errb bytes.Buffer
-		code := Main(append([]string{"--dir", dir}, args...), &out, &errb)
-		return out.String(), errb.String(), code
-	}
-	if _, e, code := run("init"); code != 0 {
-		t.Fatalf("init: %s", e)
-	}
+	dir, run := initLab(t)
 	b := make([]byte, 3)
 	rand.Read(b)
 	labNS := "kltest-" + hex.EncodeToString(b) + "-serve"

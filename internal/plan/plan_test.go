@@ -47,19 +47,26 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
+// topologyPlan plans the lab.yaml `kubelab init -t topo` writes.
+func topologyPlan(t *testing.T, topo string) *Plan {
+	t.Helper()
+	tmpl, err := spec.Template(topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(mustLab(t, string(tmpl)), "/lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestTopologyGoldens plans every `kubelab init` topology and compares the
 // text and JSON renderings with golden files.
 func TestTopologyGoldens(t *testing.T) {
 	for _, topo := range spec.Topologies() {
 		t.Run(topo, func(t *testing.T) {
-			tmpl, err := spec.Template(topo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := New(mustLab(t, string(tmpl)), "/lab")
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := topologyPlan(t, topo)
 			js, err := p.JSON()
 			if err != nil {
 				t.Fatal(err)
@@ -76,14 +83,7 @@ func TestTopologyGoldens(t *testing.T) {
 func TestDiagramContents(t *testing.T) {
 	for _, topo := range spec.Topologies() {
 		t.Run(topo, func(t *testing.T) {
-			tmpl, err := spec.Template(topo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := New(mustLab(t, string(tmpl)), "/lab")
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := topologyPlan(t, topo)
 			svg := p.SVG()
 			d := xml.NewDecoder(bytes.NewReader(svg))
 			var texts []string
