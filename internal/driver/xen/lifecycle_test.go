@@ -33,7 +33,20 @@ list)
 		echo "$n is an invalid domain identifier (rc=-6)" >&2
 		exit 1
 	fi
-	if [ -n "$long" ]; then
+	if [ -e "$XLSTATE/$n.dying" ]; then
+		# A shut-down guest on its way out: no devices left, gone after
+		# a few more listings.
+		left=$(cat "$XLSTATE/$n.dying")
+		if [ "$left" = 0 ]; then
+			rm -f "$XLSTATE/$n.cfg" "$XLSTATE/$n.state" "$XLSTATE/$n.dying"
+			echo "$n is an invalid domain identifier (rc=-6)" >&2
+			exit 1
+		fi
+		echo $((left - 1)) >"$XLSTATE/$n.dying"
+	fi
+	if [ -n "$long" ] && [ -e "$XLSTATE/$n.dying" ]; then
+		printf '[\n    {\n        "domid": 7,\n        "config": {\n            "c_info": {\n                "type": "pv",\n                "name": "%s"\n            }\n        }\n    }\n]\n' "$n"
+	elif [ -n "$long" ]; then
 		disk=$(grep -o "target=[^']*" "$XLSTATE/$n.cfg" | head -n 1 | cut -d= -f2-)
 		printf '[\n    {\n        "domid": 7,\n        "config": {\n            "c_info": {\n                "type": "pv",\n                "name": "%s"\n            },\n            "disks": [\n                {\n                    "pdev_path": "%s",\n                    "vdev": "xvda"\n                }\n            ]\n        }\n    }\n]\n' "$n" "$disk"
 	else
@@ -48,7 +61,12 @@ create)
 	;;
 shutdown)
 	[ "$2" = -w ] && shift
-	rm -f "$XLSTATE/$2.cfg" "$XLSTATE/$2.state"
+	if [ -n "$XLDYING" ]; then
+		printf "%s\\n" ---s-- >"$XLSTATE/$2.state"
+		echo "$XLDYING" >"$XLSTATE/$2.dying"
+	else
+		rm -f "$XLSTATE/$2.cfg" "$XLSTATE/$2.state"
+	fi
 	;;
 destroy)
 	rm -f "$XLSTATE/$2.cfg" "$XLSTATE/$2.state"
@@ -317,6 +335,35 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("Stop of a domain that went away: %v", err)
 		}
 		t.Setenv("XLGONE", "")
+		_ = d.Delete(ctx, m)
+	})
+
+	// Seen in the nested Xen test: after xl shutdown -w the domain stayed
+	// listed, shut down, with no disks left in xl list -l.
+	t.Run("domain leaving without its disks", func(t *testing.T) {
+		d := New(f.opts)
+		m := testMachine(t)
+		if err := d.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("XLDYING", "4")
+		destroys := f.count(t, "destroy")
+		if err := d.Stop(ctx, m); err != nil {
+			t.Fatalf("Stop of a domain leaving without its disks: %v", err)
+		}
+		wantState(t, d, m, driver.StateStopped)
+		if n := f.count(t, "destroy") - destroys; n != 0 {
+			t.Errorf("%d xl destroy calls for a domain that went by itself", n)
+		}
+		// Start waits for a leaving domain instead of refusing it.
+		if err := d.Start(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, d, m, driver.StateRunning)
+		t.Setenv("XLDYING", "")
 		_ = d.Delete(ctx, m)
 	})
 
