@@ -30,6 +30,8 @@ var (
 	dom0Init string
 	//go:embed testdata/scenario.sh
 	scenario string
+	//go:embed testdata/newuser.sh
+	newUserScenario string
 )
 
 // dom0Packages make the dom0: Xen and its toolstack, qdisk's QEMU for
@@ -59,6 +61,11 @@ clusters:
       - name: cp1
         roles: [control-plane, etcd]
 `
+
+// The checks newuser.sh must report OK.
+var newUserChecks = []string{
+	"xl-info", "init", "set-xen", "plan", "up", "three-nodes-ready", "status", "destroy", "destroy-no-domain",
+}
 
 // The checks scenario.sh must report OK, in its order.
 var wantChecks = []string{
@@ -92,14 +99,24 @@ func TestKubelabOnNestedXen(t *testing.T) {
 	dom0 := ensureDom0(t)
 	t.Logf("dom0 image: %s (%s)", dom0, time.Since(start).Round(time.Second))
 
+	// KLTEST_XEN_TRIAL=newuser runs the README's steps as a new user
+	// instead (by hand, once: the default topology of three nodes).
+	trial := struct {
+		script string
+		checks []string
+		memMiB int
+		limit  time.Duration
+	}{scenario, wantChecks, 3584, 60 * time.Minute}
+	newUser := os.Getenv("KLTEST_XEN_TRIAL") == "newuser"
+	if newUser {
+		trial.script, trial.checks, trial.memMiB, trial.limit = newUserScenario, newUserChecks, 8192, 110*time.Minute
+	}
+
 	work := t.TempDir()
 	lab := "xen" + drivertest.RandHex(2)
 	payload := filepath.Join(work, "payload")
 	labDir := filepath.Join(payload, "lab")
 	if err := os.MkdirAll(labDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(labDir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, lab, "qcow2")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	build := exec.Command("go", "build", "-o", filepath.Join(payload, "kubelab"), "./cmd/kubelab")
@@ -114,10 +131,13 @@ func TestKubelabOnNestedXen(t *testing.T) {
 	if _, err := image.Install(drivertest.EnsureNodeImage(t), labDir, "kubelab"); err != nil {
 		t.Fatal(err)
 	}
-	addr := nodeAddress(t, filepath.Join(payload, "kubelab"), labDir, "cp1")
-	files := map[string]string{
-		"scenario.sh":  scenario,
-		"scenario.env": fmt.Sprintf("LAB=%s\nNODE=cp1\nADDR=%s\n", lab, addr),
+	files := map[string]string{"scenario.sh": trial.script}
+	if !newUser {
+		if err := os.WriteFile(filepath.Join(labDir, "lab.yaml"), []byte(fmt.Sprintf(labYAML, lab, "qcow2")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		addr := nodeAddress(t, filepath.Join(payload, "kubelab"), labDir, "cp1")
+		files["scenario.env"] = fmt.Sprintf("LAB=%s\nNODE=cp1\nADDR=%s\n", lab, addr)
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(payload, name), []byte(body), 0o755); err != nil {
@@ -135,7 +155,7 @@ func TestKubelabOnNestedXen(t *testing.T) {
 
 	console := filepath.Join(testenv.ArtifactsDir(t), "xen-console.log")
 	qemu := exec.Command("ip", "netns", "exec", ns, "qemu-system-x86_64",
-		"-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt", "-smp", "2", "-m", "3584",
+		"-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt", "-smp", "2", "-m", fmt.Sprint(trial.memMiB),
 		"-display", "none", "-monitor", "none", "-serial", "file:"+console, "-no-reboot", "-nic", "none",
 		"-drive", "file="+rootDisk+",if=virtio,format=qcow2",
 		"-drive", "file="+payloadImg+",if=virtio,format=raw",
@@ -158,7 +178,7 @@ func TestKubelabOnNestedXen(t *testing.T) {
 	// Follow the console: report dom0's boot and each step as they come.
 	var dom0Up time.Duration
 	seen := map[string]bool{}
-	timeout := time.After(60 * time.Minute)
+	timeout := time.After(trial.limit)
 	var log string
 	for finished := false; !finished; {
 		select {
@@ -168,7 +188,7 @@ func TestKubelabOnNestedXen(t *testing.T) {
 				t.Errorf("QEMU: %v", err)
 			}
 		case <-timeout:
-			t.Errorf("the nested run did not finish in 60 minutes")
+			t.Errorf("the nested run did not finish in %s", trial.limit)
 			finished = true
 		case <-time.After(5 * time.Second):
 		}
@@ -189,7 +209,7 @@ func TestKubelabOnNestedXen(t *testing.T) {
 	qemu.Process.Kill()
 
 	failed := false
-	for _, c := range wantChecks {
+	for _, c := range trial.checks {
 		if !regexp.MustCompile(`XENTEST-OK ` + regexp.QuoteMeta(c) + `\r?\n`).MatchString(log) {
 			t.Errorf("check %s did not pass", c)
 			failed = true
