@@ -246,6 +246,7 @@ func (b *builder) common() error {
 		Addresses: []netip.Prefix{netip.PrefixFrom(in.Node.Address, in.Plan.Network.CIDR.Bits())},
 		Gateway:   in.Plan.Network.Gateway,
 		DNS:       []netip.Addr{in.Plan.Network.Gateway},
+		DHCP4:     in.Plan.Network.DHCP,
 	}
 	if in.Node.Address6.IsValid() && in.Plan.Network.CIDR6.IsValid() {
 		n.Network.Addresses = append(n.Network.Addresses, netip.PrefixFrom(in.Node.Address6, in.Plan.Network.CIDR6.Bits()))

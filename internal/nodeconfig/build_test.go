@@ -424,3 +424,38 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestNetworkdDHCP: with the lab's DHCP server the node takes its IPv4
+// address and gateway from DHCP; IPv6, DNS and routes stay static.
+func TestNetworkdDHCP(t *testing.T) {
+	base := Network{
+		Interface: "eth0", MAC: "00:16:3e:4e:31:0a",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("192.168.100.10/24"), netip.MustParsePrefix("fd00::a/64")},
+		Gateway:   netip.MustParseAddr("192.168.100.1"), Gateway6: netip.MustParseAddr("fd00::1"),
+		DNS:    []netip.Addr{netip.MustParseAddr("192.168.100.1")},
+		Routes: []Route{{To: netip.MustParsePrefix("172.16.11.0/24"), Via: netip.MustParseAddr("192.168.100.11")}},
+	}
+	for _, tc := range []struct {
+		dhcp          bool
+		want, notWant []string
+	}{
+		{false, []string{"Address=192.168.100.10/24", "Gateway=192.168.100.1\n", "Address=fd00::a/64", "DNS=192.168.100.1", "Destination=172.16.11.0/24"},
+			[]string{"DHCP=", "[DHCPv4]"}},
+		{true, []string{"DHCP=ipv4\n", "KeepConfiguration=dhcp", "UseDNS=no", "Address=fd00::a/64", "Gateway=fd00::1", "DNS=192.168.100.1", "Destination=172.16.11.0/24"},
+			[]string{"Address=192.168.100.10/24", "Gateway=192.168.100.1\n"}},
+	} {
+		nw := base
+		nw.DHCP4 = tc.dhcp
+		got := string(Node{Name: "cp1", Network: nw}.NetworkdFiles()[0].Contents)
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("dhcp=%v: networkd file lacks %q:\n%s", tc.dhcp, w, got)
+			}
+		}
+		for _, w := range tc.notWant {
+			if strings.Contains(got, w) {
+				t.Errorf("dhcp=%v: networkd file has %q:\n%s", tc.dhcp, w, got)
+			}
+		}
+	}
+}

@@ -12,17 +12,28 @@ import (
 
 // NetworkdFiles is the systemd-networkd configuration of the node's
 // interface: matched by MAC (robust against interface naming), static
-// addresses, gateway, DNS and static routes. Router advertisements are off:
-// otherwise networkd-wait-online waits for them (about 12 s a boot).
+// addresses (or IPv4 by DHCP), gateway, DNS and static routes. Router
+// advertisements are off: otherwise networkd-wait-online waits for them
+// (about 12 s a boot).
 func (n Node) NetworkdFiles() []File {
 	nw := n.Network
 	var sb strings.Builder
-	sb.WriteString(header("#", n.Source, fmt.Sprintf("Static network of %s.", n.Name)))
+	what := "Static network"
+	if nw.DHCP4 {
+		what = "Network (IPv4 by DHCP, the planned address by MAC)"
+	}
+	sb.WriteString(header("#", n.Source, fmt.Sprintf("%s of %s.", what, n.Name)))
 	fmt.Fprintf(&sb, "[Match]\nMACAddress=%s\n\n[Network]\n", nw.MAC)
+	if nw.DHCP4 {
+		sb.WriteString("DHCP=ipv4\nKeepConfiguration=dhcp\n")
+	}
 	for _, a := range nw.Addresses {
+		if nw.DHCP4 && a.Addr().Is4() {
+			continue
+		}
 		fmt.Fprintf(&sb, "Address=%s\n", a)
 	}
-	if nw.Gateway.IsValid() {
+	if nw.Gateway.IsValid() && !nw.DHCP4 {
 		fmt.Fprintf(&sb, "Gateway=%s\n", nw.Gateway)
 	}
 	if nw.Gateway6.IsValid() {
@@ -34,6 +45,12 @@ func (n Node) NetworkdFiles() []File {
 	sb.WriteString("IPv6AcceptRA=no\n")
 	for _, r := range nw.Routes {
 		fmt.Fprintf(&sb, "\n[Route]\nDestination=%s\nGateway=%s\n", r.To, r.Via)
+	}
+	if nw.DHCP4 {
+		// The lab's DHCP server gives no DNS or NTP; the node's own
+		// settings above stay. Keep the lease's address through a restart
+		// of networkd (the node's API and etcd listen on it).
+		sb.WriteString("\n[DHCPv4]\nUseDNS=no\nUseNTP=no\nUseHostname=no\nSendRelease=no\n")
 	}
 	name := nw.Interface
 	if name == "" {

@@ -38,6 +38,9 @@ type Network struct {
 	Gateway6  netip.Addr     `json:"gateway6,omitzero"`
 	DNS       []netip.Addr   `json:"dns,omitempty"`
 	Routes    []Route        `json:"routes,omitempty"` // e.g. other nodes' pod CIDRs in routes mode
+	// DHCP4 takes the IPv4 address and gateway from the lab's DHCP server
+	// (the planned ones, handed out by MAC) instead of static settings.
+	DHCP4 bool `json:"dhcp4,omitempty"`
 }
 
 // Route is one static route.

@@ -290,7 +290,8 @@ type nameservers struct {
 	Addresses []string `yaml:"addresses"`
 }
 
-// networkConfig is a static network-config v2: no DHCP, no router
+// networkConfig is a static network-config v2 (IPv4 by DHCP when the lab
+// runs its DHCP server): no DHCPv6, no router
 // advertisements (bookworm's cloud-init 22.4 ignores accept-ra; the image
 // must then switch RA off itself), an explicit default route because
 // kubelet and kube-proxy want one.
@@ -308,10 +309,16 @@ func networkConfig(n nodeconfig.Node) ([]byte, error) {
 		eth.Match = &match{MACAddress: strings.ToLower(nw.MAC)}
 		eth.SetName = name
 	}
+	// With the lab's DHCP server the IPv4 address and gateway come from it
+	// (the planned ones, by MAC).
+	eth.DHCP4 = nw.DHCP4
 	for _, a := range nw.Addresses {
+		if nw.DHCP4 && a.Addr().Is4() {
+			continue
+		}
 		eth.Addresses = append(eth.Addresses, a.String())
 	}
-	if nw.Gateway.IsValid() {
+	if nw.Gateway.IsValid() && !nw.DHCP4 {
 		eth.Routes = append(eth.Routes, route{To: "0.0.0.0/0", Via: nw.Gateway.String()})
 	}
 	if nw.Gateway6.IsValid() {

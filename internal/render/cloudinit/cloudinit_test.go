@@ -302,6 +302,36 @@ func TestNetworkConfigCloudInit(t *testing.T) {
 	}
 }
 
+// TestNetworkConfigDHCP: with the lab's DHCP server cloud-init's own
+// renderer makes IPv4 by DHCP, no static IPv4 address or default route.
+func TestNetworkConfigDHCP(t *testing.T) {
+	requireTool(t, "cloud-init")
+	n := rendertest.ControlPlane(rendertest.PlaceholderHostKeys())
+	n.Network.DHCP4 = true
+	f, err := Render(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), NetworkConfig)
+	if err := os.WriteFile(p, f.NetworkConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("/usr/bin/python3", "testdata/render_net.py", p).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cloud-init networkd renderer: %v\n%s", err, out)
+	}
+	for _, want := range []string{"MACAddress=00:16:3e:4e:31:01", "DHCP=ipv4", "DNS=192.168.100.1", "Destination=172.16.3.0/24"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rendered networkd config lacks %q:\n%s", want, out)
+		}
+	}
+	for _, bad := range []string{"Address=192.168.100.101/24", "Destination=0.0.0.0/0"} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("rendered networkd config has %q with DHCP:\n%s", bad, out)
+		}
+	}
+}
+
 func TestMetaData(t *testing.T) {
 	n := rendertest.Worker(rendertest.PlaceholderHostKeys())
 	id := func(n nodeconfig.Node) string {
