@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   # building
-  gcc libc6-dev libseccomp-dev pkg-config git ca-certificates
+  gcc libc6-dev libseccomp-dev libblkid-dev pkg-config git ca-certificates
   # node image
   mmdebstrap e2fsprogs qemu-utils genisoimage busybox-static bzip2
   # running VMs and the lab network

@@ -50,6 +50,7 @@ func partsFor(v versions.Set, kube string) []part {
 		{"runc", v.Runc, bins("runc")},
 		{"crictl", v.Crictl, bins("crictl")},
 		{"flannel", v.Flannel, bins("flanneld")},
+		{"ignition", v.Ignition, bins("ignition")},
 	}
 }
 

@@ -38,6 +38,7 @@ func TestKeyChangesWithInputsOnly(t *testing.T) {
 		"runc":         mod(func(k *keyInputs) { k.Versions.Runc = "v1.5.1" }),
 		"crictl":       mod(func(k *keyInputs) { k.Versions.Crictl = "v1.35.0" }),
 		"flannel":      mod(func(k *keyInputs) { k.Versions.Flannel = "v0.28.9" }),
+		"ignition":     mod(func(k *keyInputs) { k.Versions.Ignition = "v2.23.0" }),
 		"pause":        mod(func(k *keyInputs) { k.Versions.Pause = "3.10" }),
 		"source":       mod(func(k *keyInputs) { k.Source = SourceRelease }),
 		"local tree":   mod(func(k *keyInputs) { k.Source = SourceLocal; k.KubernetesTree = "abc" }),

@@ -103,6 +103,7 @@ func TestBuildFromModules(t *testing.T) {
 		{"crictl", []string{"--version"}, v.Crictl},
 		{"coredns", []string{"-version"}, "CoreDNS-" + trimVersion(v.CoreDNS)},
 		{"flanneld", []string{"--version"}, v.Flannel},
+		{"ignition", []string{"-version"}, "Ignition " + v.Ignition},
 	} {
 		out, err := exec.Command(res.Bin(c.bin), c.args...).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), c.want) {

@@ -57,6 +57,18 @@ func (s *moduleSource) fetch(ctx context.Context, p part, dir string) error {
 		return s.coredns(ctx, p.version, dir)
 	case "flannel":
 		return s.flannel(ctx, p.version, dir)
+	case "ignition":
+		// Its command is the module's internal package (go builds a main
+		// package there from outside the module). cgo for libblkid. The
+		// link-time settings are the ones distributions without SELinux
+		// use: no relabelling, and ssh keys written to authorized_keys
+		// itself rather than to a fragment directory sshd does not read.
+		const mod = "github.com/coreos/ignition/v2"
+		return s.simple(ctx, dir, "ignition", mod, p.version, true, "",
+			"-s -w -X "+mod+"/internal/version.Raw="+p.version+
+				" -X "+mod+"/internal/distro.selinuxRelabel=false"+
+				" -X "+mod+"/internal/distro.writeAuthorizedKeysFragment=false",
+			target{mod + "/internal", "bin/ignition"})
 	}
 	return fmt.Errorf("no module recipe for %s", p.name)
 }

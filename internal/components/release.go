@@ -30,9 +30,10 @@ func newReleaseSource(mirror string, modules source) *releaseSource {
 	return &releaseSource{mirror: mirror, client: http.DefaultClient, modules: modules}
 }
 
-// fromModules says which parts have no official download with a published
-// checksum: flannel publishes none, so it is built from source.
-func fromModules(p part) bool { return p.name == "flannel" }
+// fromModules says which parts are built from source even so: flannel
+// publishes no checksums, and Ignition's release binaries are built for
+// Fedora CoreOS (SELinux relabelling on, ssh keys in a fragment directory).
+func fromModules(p part) bool { return p.name == "flannel" || p.name == "ignition" }
 
 func (s *releaseSource) id(p part) string {
 	if fromModules(p) {

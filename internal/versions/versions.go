@@ -14,6 +14,7 @@ type Set struct {
 	Runc       string
 	Crictl     string
 	Flannel    string
+	Ignition   string // coreos/ignition, run from the node image's initramfs
 	Pause      string // tag of the pause image Kubernetes expects
 }
 
@@ -28,6 +29,7 @@ func Default() Set {
 		Runc:       "v1.5.2",
 		Crictl:     "v1.36.0",
 		Flannel:    "v0.28.10",
+		Ignition:   "v2.24.0",
 		Pause:      "3.10.2",
 	}
 }
