@@ -46,6 +46,11 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 	if err != nil {
 		return nil, err
 	}
+	// The config server runs as this binary in the background.
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the kubelab binary: %w", err)
+	}
 	return &lab.Env{
 		Layout:   layout,
 		Lab:      l,
@@ -54,6 +59,7 @@ func loadEnv(g *globalOptions, cmd *cobra.Command, clusters []string) (*lab.Env,
 		Driver:   d,
 		Out:      cmd.OutOrStdout(),
 		Clusters: clusters,
+		Exe:      exe,
 	}, nil
 }
 

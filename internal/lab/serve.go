@@ -204,3 +204,30 @@ func StartServe(l Layout, exe string, port int) (pid int, started bool, err erro
 // StopServe stops the lab's config server if it runs. stopped says
 // whether one ran.
 func StopServe(l Layout) (stopped bool, err error) { return serveProcess(l).Stop(5 * time.Second) }
+
+// startServe is up's serve phase. With network.configServer the config
+// server must run before the nodes boot: a first boot fetches from it. It
+// is started again when it runs already, so that it serves what the
+// render phase just wrote (nodes added since, configs changed). Without
+// network.configServer a server left running is stopped.
+func (e *Env) startServe(ctx context.Context) error {
+	if !e.Plan.Network.ConfigServer {
+		if stopped, err := StopServe(e.Layout); err != nil || !stopped {
+			return err
+		}
+		fmt.Fprintln(e.out(), "    config server stopped (network.configServer is off)")
+		return nil
+	}
+	if e.Exe == "" {
+		return errors.New("config server: no kubelab binary to run it as")
+	}
+	if _, err := StopServe(e.Layout); err != nil {
+		return err
+	}
+	pid, _, err := StartServe(e.Layout, e.Exe, e.Plan.Network.ConfigServerPort)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out(), "    config server pid %d on http://%s:%d; fetch log %s\n", pid, e.Plan.Network.Gateway, e.Plan.Network.ConfigServerPort, e.Layout.ServeFetchLog())
+	return nil
+}

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +62,9 @@ type Env struct {
 	// NoTemplates makes every new node boot instead of resuming a node
 	// template (see template.go).
 	NoTemplates bool
+	// Exe is the kubelab binary, run in the background as the lab's
+	// config server (network.configServer).
+	Exe string
 
 	compatOnce sync.Once
 	compat     string
@@ -167,13 +173,21 @@ func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driv
 		Netns:     e.Plan.Network.Namespace,
 	}
 	kernel := e.Layout.ImageKernel(n.Image)
+	// Ignition by URL: kubelab's image booted directly fetches its config
+	// from the config server (other images read what the hypervisor hands
+	// them).
+	ignitionByURL := false
 	if manifest, err := image.ReadManifest(imgDir); err == nil {
 		if _, err := os.Stat(kernel); err == nil {
 			m.Kernel = kernel
 			m.Initrd = filepath.Join(imgDir, image.InitrdFile)
 			m.Cmdline = manifest.KernelCmdline
-			if n.Provisioning == spec.ProvisionOverlay && manifest.KernelCmdlineNoCloudInit != "" {
+			if n.Provisioning != spec.ProvisionCloudInit && manifest.KernelCmdlineNoCloudInit != "" {
 				m.Cmdline += " " + manifest.KernelCmdlineNoCloudInit
+			}
+			if n.Provisioning == spec.ProvisionIgnition && slices.Contains(manifest.Provisioning, image.ProvisionIgnition) {
+				m.Cmdline += " " + e.ignitionCmdline(c, n)
+				ignitionByURL = e.Plan.Network.ConfigServer
 			}
 		}
 		if t, ok := e.templateMachine(m, n, manifest); ok {
@@ -189,9 +203,38 @@ func (e *Env) machine(c plan.Cluster, n plan.Node) (m driver.Machine, tmpl *driv
 	case spec.ProvisionCloudInit:
 		m.Config = driver.Config{Kind: driver.ConfigCloudInit, Path: filepath.Join(m.Dir, CloudInitDir)}
 	case spec.ProvisionIgnition:
-		m.Config = driver.Config{Kind: driver.ConfigIgnition, Path: filepath.Join(m.Dir, ignition.FileName)}
+		// Fetched from the config server by URL: the hypervisor hands
+		// the guest nothing.
+		if !ignitionByURL {
+			m.Config = driver.Config{Kind: driver.ConfigIgnition, Path: filepath.Join(m.Dir, ignition.FileName)}
+		}
 	}
 	return m, tmpl
+}
+
+// ignitionCmdline is what kubelab's image needs on its kernel command line
+// to run Ignition at a first boot (see the image's ignition-initramfs):
+// the platform, and with the config server the node's config URL and how
+// the initramfs gets its address (DHCP, or the planned one statically).
+// Without the config server the hypervisor hands the config over fw_cfg.
+func (e *Env) ignitionCmdline(c plan.Cluster, n plan.Node) string {
+	nw := e.Plan.Network
+	if !nw.ConfigServer {
+		return "ignition.platform.id=qemu"
+	}
+	tokens, err := ServeTokens(e.Layout, e.Plan)
+	if err != nil {
+		// The render phase made the tokens; a lab directory that cannot
+		// be read now fails the boot visibly (Ignition finds no URL).
+		return "ignition.platform.id=metal"
+	}
+	url := fmt.Sprintf("http://%s/%s/%s/%s/%s", netip.AddrPortFrom(nw.Gateway, uint16(nw.ConfigServerPort)), c.Name, n.Name, tokens[c.Name+"/"+n.Name], IgnitionConfigName)
+	ip := "ip=dhcp"
+	if !nw.DHCP {
+		mask := net.CIDRMask(nw.CIDR.Bits(), 32)
+		ip = fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", n.Address, nw.Gateway, net.IP(mask), n.Name)
+	}
+	return "ignition.platform.id=metal ignition.config.url=" + url + " " + ip
 }
 
 // UpPhases are the ordered phases of `kubelab up`. Each converges: run on a
@@ -224,6 +267,13 @@ func (e *Env) UpPhases(ctx context.Context) []Phase {
 				_, err := hostnet.Apply(ctx, hostnet.FromPlan(e.Plan, e.Layout.HostNet()))
 				return err
 			}},
+		{Name: "serve", Describe: func() string {
+			if !e.Plan.Network.ConfigServer {
+				return "no config server (network.configServer is off)"
+			}
+			return fmt.Sprintf("start the config server on http://%s:%d unless it runs (pid file %s)", e.Plan.Network.Gateway, e.Plan.Network.ConfigServerPort, e.Layout.ServePidFile())
+		},
+			Run: e.startServe},
 		{Name: "disks", Describe: func() string { return "create a qcow2 overlay disk and config medium per node" },
 			Run: func(ctx context.Context) error { return e.eachNode(ctx, cls, e.Driver.Create) }},
 		{Name: "boot", Describe: func() string {

@@ -46,6 +46,9 @@ func (p *Plan) Text() []byte {
 	if n.DHCP {
 		b.WriteString("  dhcp (dnsmasq, addresses by MAC)")
 	}
+	if n.ConfigServer {
+		fmt.Fprintf(&b, "  config server http://%s:%d", n.Gateway, n.ConfigServerPort)
+	}
 	fmt.Fprintf(&b, "\n  failsafe  %s  mac %s  ssh host port %d\n", n.Failsafe, n.FailsafeMAC, n.FailsafeSSHPort)
 	if n.CIDR6.IsValid() {
 		fmt.Fprintf(&b, "  network6  %s  gateway %s\n", n.CIDR6, n.Gateway6)

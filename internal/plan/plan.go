@@ -12,15 +12,18 @@ import (
 
 // Address plan constants from the Xen guide.
 const (
-	blockSize       = 10   // cluster k owns offsets 10k .. 10k+9
-	sshPortBase     = 8000 // ssh to the node at offset NN is forwarded from 80NN
-	apiServerPort   = 6443
-	nodePodPrefix   = 24 // one /24 of the pod network per node
-	nodePodPrefix6  = 64
-	macPrefix       = "00:16:3e:4e:31"
-	gatewayOffset   = 1
-	clusterDomain   = "cluster.local"
-	dnsServiceIndex = 10
+	blockSize     = 10   // cluster k owns offsets 10k .. 10k+9
+	sshPortBase   = 8000 // ssh to the node at offset NN is forwarded from 80NN
+	apiServerPort = 6443
+	// configServerPort is the config server's port on the gateway (the
+	// guide's nginx on 80).
+	configServerPort = 80
+	nodePodPrefix    = 24 // one /24 of the pod network per node
+	nodePodPrefix6   = 64
+	macPrefix        = "00:16:3e:4e:31"
+	gatewayOffset    = 1
+	clusterDomain    = "cluster.local"
+	dnsServiceIndex  = 10
 )
 
 // New computes the plan of a defaulted, validated spec. baseDir resolves
@@ -36,6 +39,9 @@ func New(lab *spec.Lab, baseDir string) (*Plan, error) {
 		Bridge:    lab.Network.Bridge,
 		Namespace: lab.Network.Namespace,
 		DHCP:      lab.Network.DHCP,
+	}
+	if lab.Network.ConfigServer {
+		p.Network.ConfigServer, p.Network.ConfigServerPort = true, configServerPort
 	}
 	p.Network.Gateway = addrOr(lab.Network.Gateway, mustNth(labNet, gatewayOffset))
 	p.Network.Failsafe = addrOr(lab.Network.Failsafe, lastHost(labNet))

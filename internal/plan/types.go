@@ -27,6 +27,10 @@ type Network struct {
 	Gateway6        netip.Addr   `json:"gateway6,omitzero"`
 	// DHCP: dnsmasq on the bridge hands out the planned addresses by MAC.
 	DHCP bool `json:"dhcp,omitempty"`
+	// ConfigServer: up serves the nodes' configs over HTTP on the gateway
+	// at ConfigServerPort.
+	ConfigServer     bool `json:"configServer,omitempty"`
+	ConfigServerPort int  `json:"configServerPort,omitempty"`
 }
 
 // Cluster is one cluster's block, networks and endpoints.

@@ -169,7 +169,7 @@ func TestBadInput(t *testing.T) {
 		{"xen disk format", "sshKeys:", "hypervisor: xen\nxen: {disk: vmdk}\nsshKeys:", "xen.disk", `"vmdk"`},
 		{"xen disk without xen", "sshKeys:", "xen: {disk: raw}\nsshKeys:", "xen.disk", `hypervisor is "qemu"`},
 		{"xen in a namespace", "sshKeys:", "hypervisor: xen\nnetwork: {namespace: lab}\nsshKeys:", "network.namespace", "vif-bridge"},
-		{"xen ignition", "sshKeys:", "hypervisor: xen\ndefaults: {provisioning: ignition}\nsshKeys:", "clusters[0].nodes[0].provisioning", "Xen guest cannot get yet"},
+		{"xen ignition", "sshKeys:", "hypervisor: xen\ndefaults: {provisioning: ignition}\nsshKeys:", "clusters[0].nodes[0].provisioning", "set network.configServer: true"},
 		{"duplicate key", "    index: 2\n", "    index: 2\n    index: 3\n", "clusters[1].index", "field given twice"},
 	}
 	for _, tc := range cases {

@@ -86,6 +86,7 @@ network:
   # bridge: kl-%s
   # namespace: kubelab           # put the whole lab network in this network namespace
   # dhcp: true                   # dnsmasq on the bridge gives each node its address by MAC
+  # configServer: true           # serve each node's config over HTTP (port 80); Ignition nodes fetch it by URL
 
 defaults:
   image: %s              # kubelab's own node image ("kubelab image build")

@@ -68,6 +68,11 @@ type Network struct {
 	// DHCP runs dnsmasq on the bridge, handing each node (and the failsafe
 	// VM) its planned address by MAC, as the "Kubernetes and Xen" guide does.
 	DHCP bool `yaml:"dhcp"`
+	// ConfigServer makes up run the lab's config server (the guide's
+	// nginx) on the gateway, port 80, and boots the nodes provisioned by
+	// Ignition with its URL (ignition.config.url) instead of handing the
+	// config to the hypervisor.
+	ConfigServer bool `yaml:"configServer"`
 }
 
 // NodeDefaults apply to every node that does not say otherwise.

@@ -378,8 +378,8 @@ var libvirtTransports = map[string]bool{"": true, "unix": true, "tcp": true, "tl
 
 // validateXen checks what the Xen driver cannot do: a lab network inside
 // a namespace (xl's vif-bridge plugs each guest into a bridge of dom0's
-// own namespace) and Ignition (a PV guest has no fw_cfg; its config URL
-// needs the config server, which kubelab does not have yet).
+// own namespace) and Ignition without the config server (a PV guest has
+// no fw_cfg; it fetches its config by URL).
 func validateXen(errs *Errors, lab *Lab) {
 	if lab.Xen.Disk != "" && lab.Hypervisor != HypervisorXen {
 		errs.Add("xen.disk", "is set but hypervisor is %q; set hypervisor: %s or remove xen", lab.Hypervisor, HypervisorXen)
@@ -394,8 +394,8 @@ func validateXen(errs *Errors, lab *Lab) {
 	}
 	for i, c := range lab.Clusters {
 		for j, n := range c.Nodes {
-			if n.Provisioning == ProvisionIgnition {
-				errs.Add(Field(Index(Field(Index("clusters", i), "nodes"), j), "provisioning"), "is ignition, which a Xen guest cannot get yet (no fw_cfg in a PV guest, and no config server to fetch it from); use %s or %s", ProvisionOverlay, ProvisionCloudInit)
+			if n.Provisioning == ProvisionIgnition && !lab.Network.ConfigServer {
+				errs.Add(Field(Index(Field(Index("clusters", i), "nodes"), j), "provisioning"), "is ignition, which a Xen guest fetches from the config server (a PV guest has no fw_cfg); set network.configServer: true, or use %s or %s", ProvisionOverlay, ProvisionCloudInit)
 			}
 		}
 	}

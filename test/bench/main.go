@@ -562,7 +562,7 @@ func markdown(r *Report) string {
 }
 
 func phaseOrder(name string) int {
-	for i, p := range []string{"check", "render", "image", "preflight", "template", "network", "disks", "restore", "boot", "resume", "clock", "etcd", "apiserver", "addons", "workers", "nodes", "dns", "kubeconfig"} {
+	for i, p := range []string{"check", "render", "image", "preflight", "template", "network", "serve", "disks", "restore", "boot", "resume", "clock", "etcd", "apiserver", "addons", "workers", "nodes", "dns", "kubeconfig"} {
 		if p == name {
 			return i
 		}
