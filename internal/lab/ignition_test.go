@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -82,4 +83,57 @@ func TestIgnitionBoot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRefreshIgnitionInPlace: refresh keeps a running Ignition node's disk
+// (first-boot flag, machine id, power cycle, config served again), as the
+// Xen guide does; a stopped one, or one provisioned otherwise, gets a
+// fresh disk.
+func TestRefreshIgnitionInPlace(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		prov  string
+		state driver.State
+		want  string
+	}{
+		{"running ignition node", spec.ProvisionIgnition, driver.StateRunning, "render firstboot stop serve boot etcd apiserver"},
+		{"stopped ignition node", spec.ProvisionIgnition, driver.StateStopped, "render stop reprovision boot etcd apiserver"},
+		{"running overlay node", spec.ProvisionOverlay, driver.StateRunning, "render stop reprovision boot etcd apiserver"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env, d := templateEnv(t)
+			dir := filepath.Join(env.Layout.Images(), spec.DefaultImage)
+			m := image.Manifest{Name: spec.DefaultImage, Kind: "kubelab", KernelCmdline: "root=LABEL=x rw",
+				Provisioning: []string{image.ProvisionOverlay, image.ProvisionCloudInit, image.ProvisionIgnition},
+				Artifacts:    map[string]string{image.DiskFile: "d1", image.KernelFile: "k1", image.InitrdFile: "i1"}}
+			data, _ := json.Marshal(m)
+			if err := os.WriteFile(filepath.Join(dir, image.ManifestFile), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for i := range env.Plan.Clusters[0].Nodes {
+				env.Plan.Clusters[0].Nodes[i].Provisioning = tc.prov
+			}
+			d.state = tc.state
+			env.Driver = reprovisioningDriver{d}
+			phases, err := env.RefreshPhases(context.Background(), "cp1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, p := range phases {
+				names = append(names, p.Name)
+			}
+			if got := strings.Join(names, " "); got != tc.want {
+				t.Errorf("phases %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// reprovisioningDriver adds driver.Reprovisioner to templatingDriver.
+type reprovisioningDriver struct{ *templatingDriver }
+
+func (d reprovisioningDriver) Reprovision(_ context.Context, m driver.Machine) error {
+	d.record("reprovision " + m.Name)
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kubelab/kubelab/internal/driver"
 	"github.com/kubelab/kubelab/internal/hostnet"
+	"github.com/kubelab/kubelab/internal/image"
 	"github.com/kubelab/kubelab/internal/pki"
 	"github.com/kubelab/kubelab/internal/plan"
 	"github.com/kubelab/kubelab/internal/spec"
@@ -143,10 +145,14 @@ func (e *Env) removeFiles(cls []plan.Cluster, purge bool) error {
 	return nil
 }
 
-// RefreshPhases re-provision one node from its image, the Xen guide's
-// "refresh": its configuration is rendered again, its disk is replaced by a
-// fresh overlay on the image, and it boots through first-boot provisioning
-// again, keeping its identity (name, address, keys, certificates).
+// RefreshPhases re-provision one node, the Xen guide's "refresh": its
+// configuration is rendered again and it boots through first-boot
+// provisioning again, keeping its identity (name, address, keys,
+// certificates). A running node provisioned by Ignition on kubelab's image
+// keeps its disk, as in the guide: the first-boot flag is set,
+// /etc/machine-id removed, and the node power-cycled, so Ignition applies
+// the current config over it. Any other node gets a fresh disk from its
+// image.
 func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, error) {
 	c, n, ok := e.Plan.Node(nodeName)
 	if !ok {
@@ -165,11 +171,13 @@ func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, erro
 	// Asked when used: the KVM probe boots the image's kernel, which the
 	// image phase may only now have put in place.
 	t := func() Timeouts { return e.timeouts(ctx) }
-	phases := []Phase{
-		{Name: "render", Describe: func() string { return "render the cluster's configuration again (keys are reused)" },
-			Run: func(ctx context.Context) error { return e.render() }},
-		{Name: "stop", Describe: func() string { return "power the node off" },
-			Run: func(ctx context.Context) error { return e.Driver.Stop(ctx, m) }},
+	render := Phase{Name: "render", Describe: func() string { return "render the cluster's configuration again (keys are reused)" },
+		Run: func(ctx context.Context) error { return e.render() }}
+	stop := Phase{Name: "stop", Describe: func() string { return "power the node off" },
+		Run: func(ctx context.Context) error { return e.Driver.Stop(ctx, m) }}
+	boot := Phase{Name: "boot", Describe: func() string { return "boot it and wait for its readiness marker" },
+		Run: func(ctx context.Context) error { return e.boot(ctx, one, t().Boot) }}
+	phases := []Phase{render, stop,
 		{Name: "reprovision", Describe: func() string { return "replace its disk with a fresh overlay on " + m.BaseImage },
 			Run: func(ctx context.Context) error {
 				if err := rp.Reprovision(ctx, m); err != nil {
@@ -177,8 +185,27 @@ func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, erro
 				}
 				return e.Driver.Create(ctx, m)
 			}},
-		{Name: "boot", Describe: func() string { return "boot it and wait for its readiness marker" },
-			Run: func(ctx context.Context) error { return e.boot(ctx, one, t().Boot) }},
+		boot,
+	}
+	if e.ignitionInPlace(ctx, m, n) {
+		phases = []Phase{render,
+			{Name: "firstboot", Describe: func() string {
+				return "set the first-boot flag " + image.IgnitionFirstBootFlag + " and remove /etc/machine-id on the node (its disk stays)"
+			},
+				Run: func(ctx context.Context) error {
+					_, err := e.sshOutput(ctx, n, "touch "+image.IgnitionFirstBootFlag+" && rm -f /etc/machine-id && sync")
+					return err
+				}},
+			stop,
+			{Name: "serve", Describe: func() string {
+				if !e.Plan.Network.ConfigServer {
+					return "no config server: the hypervisor hands the new config over fw_cfg"
+				}
+				return "start the config server again, serving the new config"
+			},
+				Run: e.startServe},
+			boot,
+		}
 	}
 	if n.HasRole(spec.RoleEtcd) {
 		phases = append(phases, Phase{Name: "etcd", Describe: func() string { return "wait for its etcd member to be healthy" },
@@ -193,6 +220,17 @@ func (e *Env) RefreshPhases(ctx context.Context, nodeName string) ([]Phase, erro
 			Run: func(ctx context.Context) error { return e.waitNodes(ctx, one, t().Nodes) }})
 	}
 	return phases, nil
+}
+
+// ignitionInPlace tells whether refresh keeps the node's disk: a running
+// node provisioned by Ignition on kubelab's image (whose initramfs runs
+// Ignition again when it finds the first-boot flag).
+func (e *Env) ignitionInPlace(ctx context.Context, m driver.Machine, n plan.Node) bool {
+	if n.Provisioning != spec.ProvisionIgnition || !strings.Contains(m.Cmdline, "ignition.platform.id=") {
+		return false
+	}
+	st, err := e.Driver.State(ctx, m)
+	return err == nil && st == driver.StateRunning
 }
 
 // NodeStatus is one row of `kubelab status`.

@@ -518,7 +518,7 @@ func (e *Env) bootNode(ctx context.Context, m driver.Machine) error {
 		return fmt.Errorf("did not finish booting: %w\n%s", err, consoleReport(console))
 	}
 	c, n, _ := e.Plan.Node(m.Name)
-	if cfg, ok := e.rendered[m.Name]; ok && (wasRunning || n.Provisioning == spec.ProvisionCloudInit) {
+	if cfg, ok := e.rendered[m.Name]; ok && (wasRunning || n.Provisioning != spec.ProvisionOverlay) {
 		// It was provisioned with the lab as it was then; nodes may
 		// have come or gone since.
 		e.Progress.Status(m.Name, "running, bringing its routes and hosts up to date")
