@@ -38,6 +38,20 @@ const (
 	ProvisionIgnition  = "ignition"
 )
 
+// IgnitionFirstBootFlag is the root file system's first-boot flag (the Xen
+// guide's coreos/first_boot): Ignition runs at a boot that finds it.
+const IgnitionFirstBootFlag = "/boot/ignition.firstboot"
+
+// provisioning lists how an image with these components can be
+// configured, preferred first.
+func provisioning(c Components) []string {
+	p := []string{ProvisionOverlay, ProvisionCloudInit}
+	if c.HasIgnition() {
+		p = append(p, ProvisionIgnition)
+	}
+	return p
+}
+
 // Manifest describes one image directory.
 type Manifest struct {
 	Name string `json:"name"`
@@ -192,7 +206,7 @@ func (b *builder) run(ctx context.Context) (Manifest, error) {
 	m := Manifest{
 		Kind:                     "kubelab",
 		Created:                  time.Now().UTC().Format(time.RFC3339),
-		Provisioning:             []string{ProvisionOverlay, ProvisionCloudInit},
+		Provisioning:             provisioning(b.comps),
 		KernelCmdline:            b.in.KernelCmdline,
 		KernelCmdlineNoCloudInit: KernelCmdlineNoCloudInit,
 		KernelCmdlineTemplate:    KernelCmdlineTemplate,
@@ -207,6 +221,7 @@ func (b *builder) run(ctx context.Context) (Manifest, error) {
 		{"base system", func() error { return b.baseSystem(ctx) }},
 		{"configure", b.configure},
 		{"install components", b.installComponents},
+		{"initramfs", func() error { return b.initramfs(ctx) }},
 		{"preload images", func() error { return b.preloadImages(ctx) }},
 		{"package versions", func() (err error) { m.Packages, err = b.packageVersions(ctx); return err }},
 		{"kernel extraction", b.extractKernel},
@@ -278,6 +293,10 @@ func (b *builder) configure() error {
 		{"kubelab-ssh-keygen.service", "etc/systemd/system/kubelab-ssh-keygen.service", 0o644},
 		{"apply-overlay", "usr/local/lib/kubelab/apply-overlay", 0o755},
 		{"kubelab-overlay-generator", "usr/lib/systemd/system-generators/kubelab-overlay", 0o755},
+		{"generator-enable", "usr/local/lib/kubelab/generator-enable", 0o755},
+		{"kubelab-ignition-generator", "usr/lib/systemd/system-generators/kubelab-ignition", 0o755},
+		{"ignition-hook", "etc/initramfs-tools/hooks/kubelab-ignition", 0o755},
+		{"ignition-initramfs", "etc/initramfs-tools/scripts/local-bottom/kubelab-ignition", 0o755},
 		{"import-images", "usr/local/lib/kubelab/import-images", 0o755},
 		{"ready", "usr/local/lib/kubelab/ready", 0o755},
 		{"await-config", "usr/local/lib/kubelab/await-config", 0o755},
@@ -297,6 +316,11 @@ func (b *builder) configure() error {
 		}
 	}
 	if err := writeFile(filepath.Join(b.root, "etc/hostname"), []byte("kubelab-node\n"), 0o644); err != nil {
+		return err
+	}
+	// Every disk made from the image is a first boot for Ignition (when
+	// the command line names an Ignition platform); see ignition-initramfs.
+	if err := writeFile(filepath.Join(b.root, IgnitionFirstBootFlag), []byte("set by kubelab's image build; removed by Ignition's first run, set again by kubelab refresh\n"), 0o644); err != nil {
 		return err
 	}
 	// Host keys come from the node configuration; identical keys on every
@@ -401,6 +425,26 @@ func (b *builder) systemctl(args ...string) error {
 		return fmt.Errorf("systemctl %s in the image: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// initramfs makes the initrd again now that the components are in: with
+// the ignition component, Ignition and its first-boot script go into it.
+func (b *builder) initramfs(ctx context.Context) error {
+	// A mount namespace of its own: mkinitramfs wants /proc, and the
+	// mount goes away with the process.
+	return runLogged(ctx, filepath.Join(b.work, "initramfs.log"), "unshare", "--mount", "--fork", "chroot", b.root,
+		"sh", "-c", "mount -t proc proc /proc && update-initramfs -u -k all")
+}
+
+// HasIgnition tells whether a component set carries Ignition, which makes
+// the image provisionable by Ignition.
+func (c Components) HasIgnition() bool {
+	for _, n := range c.names("bin") {
+		if n == "ignition" {
+			return true
+		}
+	}
+	return false
 }
 
 // installComponents installs the binaries and CNI plugins. The container
