@@ -29,9 +29,9 @@ func TestIgnitionBoot(t *testing.T) {
 		{"fw_cfg", true, false, false, []string{"cloud-init=disabled", "ignition.platform.id=qemu"}, []string{"ignition.config.url", "ip="}, driver.ConfigIgnition},
 		{"config server, static address", true, true, false,
 			[]string{"cloud-init=disabled", "ignition.platform.id=metal", "ignition.config.url=http://192.168.100.1:80/k1/cp1/TOKEN/config.ign", "ip=192.168.100.10::192.168.100.1:255.255.255.0:cp1:eth0:off"},
-			[]string{"platform.id=qemu", "ip=dhcp"}, driver.ConfigNone},
+			[]string{"platform.id=qemu", "ip=:::::eth0:dhcp"}, driver.ConfigNone},
 		{"config server, DHCP", true, true, true,
-			[]string{"ignition.platform.id=metal", "ignition.config.url=http://192.168.100.1:80/k1/cp1/TOKEN/config.ign", "ip=dhcp"},
+			[]string{"ignition.platform.id=metal", "ignition.config.url=http://192.168.100.1:80/k1/cp1/TOKEN/config.ign", "ip=:::::eth0:dhcp"},
 			[]string{"platform.id=qemu", "eth0:off"}, driver.ConfigNone},
 		{"image without Ignition", false, true, false, []string{"cloud-init=disabled"}, []string{"ignition."}, driver.ConfigIgnition},
 	} {

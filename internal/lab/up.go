@@ -229,7 +229,8 @@ func (e *Env) ignitionCmdline(c plan.Cluster, n plan.Node) string {
 		return "ignition.platform.id=metal"
 	}
 	url := fmt.Sprintf("http://%s/%s/%s/%s/%s", netip.AddrPortFrom(nw.Gateway, uint16(nw.ConfigServerPort)), c.Name, n.Name, tokens[c.Name+"/"+n.Name], IgnitionConfigName)
-	ip := "ip=dhcp"
+	// The device named: initramfs-tools then runs ipconfig on it alone.
+	ip := "ip=:::::eth0:dhcp"
 	if !nw.DHCP {
 		mask := net.CIDRMask(nw.CIDR.Bits(), 32)
 		ip = fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", n.Address, nw.Gateway, net.IP(mask), n.Name)

@@ -243,6 +243,9 @@ func (h *harness) residue() residue {
 	run("iptables", "ip", "netns", "exec", h.hostNS, "iptables-save")
 	run("namespaces", "ip", "netns", "list")
 	r["qemu"] = fmt.Sprint(qemuPIDs(h.lab))
+	// Any process naming the lab directory: the config server, dnsmasq.
+	procs, _ := exec.Command("pgrep", "-a", "-f", "--", h.dir).CombinedOutput()
+	r["processes"] = string(procs)
 	if h.hypervisor == "libvirt" {
 		r["libvirt domains"] = h.libvirtDomains()
 	}
