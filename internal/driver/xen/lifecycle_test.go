@@ -139,6 +139,19 @@ func (f fakeXen) count(t *testing.T, prefix string) int {
 	return n
 }
 
+// runningMachine creates and starts a test machine.
+func runningMachine(t *testing.T, opts Options) (*Driver, driver.Machine) {
+	t.Helper()
+	d, m := New(opts), testMachine(t)
+	if err := d.Create(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	return d, m
+}
+
 func testMachine(t *testing.T) driver.Machine {
 	t.Helper()
 	work := t.TempDir()
@@ -321,14 +334,7 @@ func TestRefusals(t *testing.T) {
 	// Seen in the nested Xen test: the guest that shut down was removed
 	// between xl list and xl list -l.
 	t.Run("domain gone between two xl calls", func(t *testing.T) {
-		d := New(f.opts)
-		m := testMachine(t)
-		if err := d.Create(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Start(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		d, m := runningMachine(t, f.opts)
 		t.Setenv("XLGONE", "1")
 		wantState(t, d, m, driver.StateStopped)
 		if err := d.Stop(ctx, m); err != nil {
@@ -341,14 +347,7 @@ func TestRefusals(t *testing.T) {
 	// Seen in the nested Xen test: after xl shutdown -w the domain stayed
 	// listed, shut down, with no disks left in xl list -l.
 	t.Run("domain leaving without its disks", func(t *testing.T) {
-		d := New(f.opts)
-		m := testMachine(t)
-		if err := d.Create(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Start(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		d, m := runningMachine(t, f.opts)
 		t.Setenv("XLDYING", "4")
 		destroys := f.count(t, "destroy")
 		if err := d.Stop(ctx, m); err != nil {

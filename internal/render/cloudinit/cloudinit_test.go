@@ -275,59 +275,43 @@ func TestNetworkConfig(t *testing.T) {
 }
 
 // TestNetworkConfigCloudInit feeds network-config to cloud-init's own v2
-// parser and networkd renderer, as the node does.
+// parser and networkd renderer, as the node does: static, and with the
+// lab's DHCP server IPv4 by DHCP (no static IPv4 address or default route).
 func TestNetworkConfigCloudInit(t *testing.T) {
 	requireTool(t, "cloud-init")
-	n := rendertest.ControlPlane(rendertest.PlaceholderHostKeys())
-	f, err := Render(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), NetworkConfig)
-	if err := os.WriteFile(p, f.NetworkConfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// cloud-init's own interpreter: /usr/bin/python3 on Debian.
-	out, err := exec.Command("/usr/bin/python3", "testdata/render_net.py", p).CombinedOutput()
-	if err != nil {
-		t.Fatalf("cloud-init networkd renderer: %v\n%s", err, out)
-	}
-	for _, want := range []string{
-		"MACAddress=00:16:3e:4e:31:01", "Address=192.168.100.101/24", "DHCP=no", "DNS=192.168.100.1",
-		"Destination=0.0.0.0/0", "Gateway=192.168.100.1", "Destination=172.16.3.0/24", "Gateway=192.168.100.105",
+	for _, tc := range []struct {
+		dhcp          bool
+		want, notWant []string
+	}{
+		{false, []string{"MACAddress=00:16:3e:4e:31:01", "Address=192.168.100.101/24", "DHCP=no", "DNS=192.168.100.1",
+			"Destination=0.0.0.0/0", "Gateway=192.168.100.1", "Destination=172.16.3.0/24", "Gateway=192.168.100.105"}, nil},
+		{true, []string{"MACAddress=00:16:3e:4e:31:01", "DHCP=ipv4", "DNS=192.168.100.1", "Destination=172.16.3.0/24"},
+			[]string{"Address=192.168.100.101/24", "Destination=0.0.0.0/0"}},
 	} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("rendered networkd config lacks %q:\n%s", want, out)
+		n := rendertest.ControlPlane(rendertest.PlaceholderHostKeys())
+		n.Network.DHCP4 = tc.dhcp
+		f, err := Render(n)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-}
-
-// TestNetworkConfigDHCP: with the lab's DHCP server cloud-init's own
-// renderer makes IPv4 by DHCP, no static IPv4 address or default route.
-func TestNetworkConfigDHCP(t *testing.T) {
-	requireTool(t, "cloud-init")
-	n := rendertest.ControlPlane(rendertest.PlaceholderHostKeys())
-	n.Network.DHCP4 = true
-	f, err := Render(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), NetworkConfig)
-	if err := os.WriteFile(p, f.NetworkConfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("/usr/bin/python3", "testdata/render_net.py", p).CombinedOutput()
-	if err != nil {
-		t.Fatalf("cloud-init networkd renderer: %v\n%s", err, out)
-	}
-	for _, want := range []string{"MACAddress=00:16:3e:4e:31:01", "DHCP=ipv4", "DNS=192.168.100.1", "Destination=172.16.3.0/24"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("rendered networkd config lacks %q:\n%s", want, out)
+		p := filepath.Join(t.TempDir(), NetworkConfig)
+		if err := os.WriteFile(p, f.NetworkConfig, 0o600); err != nil {
+			t.Fatal(err)
 		}
-	}
-	for _, bad := range []string{"Address=192.168.100.101/24", "Destination=0.0.0.0/0"} {
-		if strings.Contains(string(out), bad) {
-			t.Errorf("rendered networkd config has %q with DHCP:\n%s", bad, out)
+		// cloud-init's own interpreter: /usr/bin/python3 on Debian.
+		out, err := exec.Command("/usr/bin/python3", "testdata/render_net.py", p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dhcp=%v: cloud-init networkd renderer: %v\n%s", tc.dhcp, err, out)
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("dhcp=%v: rendered networkd config lacks %q:\n%s", tc.dhcp, want, out)
+			}
+		}
+		for _, bad := range tc.notWant {
+			if strings.Contains(string(out), bad) {
+				t.Errorf("dhcp=%v: rendered networkd config has %q:\n%s", tc.dhcp, bad, out)
+			}
 		}
 	}
 }
