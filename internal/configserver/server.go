@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -189,20 +190,20 @@ func (s *Server) record(f Fetch) {
 }
 
 // redact hides tokens in a request path before it is logged: every known
-// token wherever it appears, and any path element shaped like a token (a
-// wrong token may be a mistyped right one).
+// token wherever it appears, and any run of 16 or more hex digits (a wrong
+// token may be a mistyped right one, and a percent escape in front of a
+// token, as in "%13<token>", decodes its first two digits away: the rest
+// must not be logged either).
 func (s *Server) redact(p string) string {
 	for _, e := range s.entries {
 		p = strings.ReplaceAll(p, e.Token, "<token>")
 	}
-	parts := strings.Split(p, "/")
-	for i, part := range parts {
-		if len(part) >= 2*tokenBytes && strings.Trim(part, "0123456789abcdefABCDEF") == "" {
-			parts[i] = "<token>"
-		}
-	}
-	return strings.Join(parts, "/")
+	return longHex.ReplaceAllString(p, "<token>")
 }
+
+// longHex matches what could be most of a token; lab paths have no other
+// long hex runs.
+var longHex = regexp.MustCompile(`[0-9a-fA-F]{16,}`)
 
 func remoteAddr(hostport string) (netip.Addr, error) {
 	ap, err := netip.ParseAddrPort(hostport)

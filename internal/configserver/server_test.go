@@ -216,7 +216,8 @@ func FuzzServe(f *testing.F) {
 				t.Fatalf("200 for %q from %q", r.URL.Path, remote)
 			}
 		}
-		if strings.Contains(fx.log.String(), fx.cp1.Token) {
+		// Nor most of one: a percent escape can eat its first digits.
+		if strings.Contains(fx.log.String(), fx.cp1.Token[4:]) {
 			t.Fatalf("token logged for %q: %s", target, fx.log)
 		}
 	})
