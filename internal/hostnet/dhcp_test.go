@@ -113,10 +113,8 @@ func TestDHCPPortTaken(t *testing.T) {
 	requireNetAdmin(t)
 	dnsmasq := requireTool(t, "dnsmasq")
 	labName, _ := newNS(t, "lab")
-	_, host := newNS(t, "host")
+	hostName, host := newNS(t, "host")
 	c := testConfig(t, labName)
-	apply(t, host, c)
-	t.Cleanup(func() { remove(t, host, c) })
 	other := exec.Command("ip", "netns", "exec", labName, dnsmasq, "--conf-file=/dev/null", "--port=0", "--keep-in-foreground",
 		"--dhcp-range=10.99.0.10,10.99.0.20", "--dhcp-leasefile="+filepath.Join(t.TempDir(), "other.leases"))
 	if err := other.Start(); err != nil {
@@ -125,17 +123,26 @@ func TestDHCPPortTaken(t *testing.T) {
 	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
 	time.Sleep(500 * time.Millisecond) // let it bind
 
+	// Refused before anything is made: no bridge, no rules, no dnsmasq.
 	c.Network.DHCP = true
 	var err error
 	runIn(t, host, func() error { _, err = Apply(context.Background(), c); return nil })
-	if err == nil || !strings.Contains(err.Error(), "dhcp") || !strings.Contains(err.Error(), "ddress already in use") {
+	if err == nil || !strings.Contains(err.Error(), "network.dhcp") || !strings.Contains(err.Error(), "UDP port 67 (held by dnsmasq, pid") {
 		t.Fatalf("Apply with the DHCP port taken: %v", err)
 	}
 	t.Logf("refused: %v", err)
+	if out, err := exec.Command("ip", "-n", labName, "link", "show", c.Network.Bridge).CombinedOutput(); err == nil {
+		t.Errorf("the refused Apply made the bridge:\n%s", out)
+	}
+	for _, ns := range []string{labName, hostName} {
+		if out, _ := exec.Command("ip", "netns", "exec", ns, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), TableName(c.Lab)) {
+			t.Errorf("the refused Apply made the rules in %s:\n%s", ns, out)
+		}
+	}
 	if other.ProcessState != nil {
 		t.Error("the other DHCP server was stopped")
 	}
 	if _, ok := c.dnsmasq().Running(); ok {
-		t.Error("a failed dnsmasq is still recorded as running")
+		t.Error("a dnsmasq of the lab runs after the refusal")
 	}
 }

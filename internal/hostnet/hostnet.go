@@ -176,6 +176,11 @@ func Apply(ctx context.Context, c Config) (State, error) {
 		if dnsmasq, err = exec.LookPath("dnsmasq"); err != nil {
 			return State{}, fmt.Errorf("hostnet: network.dhcp needs dnsmasq (apt-get install dnsmasq-base, or run hack/install-deps.sh): %w", err)
 		}
+		if _, running := c.dnsmasq().Running(); !running {
+			if err := dhcpPortFree(c.Network.Namespace); err != nil {
+				return State{}, fmt.Errorf("hostnet %s: network.dhcp: %w", c.Lab, err)
+			}
+		}
 	}
 	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
 		return State{}, fmt.Errorf("hostnet: %w", err)

@@ -55,12 +55,44 @@ func ListenTCP(namespace string, addr netip.AddrPort) (net.Listener, error) {
 	}
 }
 
+// dhcpPortFree checks, before anything is made, that the lab's dnsmasq
+// will get the DHCP server port (UDP 67, on every address: DHCP requests
+// are broadcasts) in the lab's namespace (the host's when empty). A
+// namespace that does not exist yet is made empty by Apply: nothing holds
+// the port there.
+func dhcpPortFree(namespace string) error {
+	probe := func() error {
+		c, err := net.ListenPacket("udp4", "0.0.0.0:67")
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				// Asked here: /proc/thread-self/net is this thread's namespace.
+				err = fmt.Errorf("another DHCP server holds UDP port 67%s: %w", socketHolder(67, "udp", "udp6"), err)
+			}
+			return err
+		}
+		return c.Close()
+	}
+	if namespace == "" {
+		return probe()
+	}
+	h, err := netns.GetFromName(namespace)
+	if err != nil {
+		return nil
+	}
+	defer h.Close()
+	return inNS(h, probe)
+}
+
 // portHolder names the process listening on TCP port in the calling
 // thread's network namespace, as " (held by NAME, pid N)", or "" when /proc
 // does not say.
-func portHolder(port uint16) string {
+func portHolder(port uint16) string { return socketHolder(port, "tcp", "tcp6") }
+
+// socketHolder names the process with a listening (TCP) or bound (UDP)
+// socket on port in the tables given (/proc/net/tcp, udp, ...).
+func socketHolder(port uint16, tables ...string) string {
 	inodes := map[string]bool{}
-	for _, table := range []string{"tcp", "tcp6"} {
+	for _, table := range tables {
 		for _, inode := range listeningInodes("/proc/thread-self/net/"+table, port) {
 			inodes[inode] = true
 		}
@@ -85,8 +117,9 @@ func portHolder(port uint16) string {
 	return ""
 }
 
-// listeningInodes reads a /proc/net/tcp table and returns the socket
-// inodes in state LISTEN on the local port.
+// listeningInodes reads a /proc/net/tcp or udp table and returns the
+// socket inodes on the local port that listen (TCP, state 0A) or are
+// bound and unconnected (UDP, state 07).
 func listeningInodes(table string, port uint16) []string {
 	f, err := os.Open(table)
 	if err != nil {
@@ -99,7 +132,7 @@ func listeningInodes(table string, port uint16) []string {
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-		if len(fields) < 10 || fields[3] != "0A" {
+		if len(fields) < 10 || (strings.Contains(table, "tcp") && fields[3] != "0A") || (strings.Contains(table, "udp") && fields[3] != "07") {
 			continue
 		}
 		i := strings.LastIndexByte(fields[1], ':')
