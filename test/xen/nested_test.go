@@ -64,7 +64,7 @@ clusters:
 
 // The checks newuser.sh must report OK.
 var newUserChecks = []string{
-	"xl-info", "init", "set-xen", "plan", "up", "three-nodes-ready", "status", "destroy", "destroy-no-domain",
+	"xl-info", "init", "set-xen", "plan", "up", "workers-ready", "status", "destroy", "destroy-no-domain",
 }
 
 // The checks scenario.sh must report OK, in its order.
