@@ -279,23 +279,9 @@ func (d *Driver) find(ctx context.Context, m driver.Machine) (domain, error) {
 // was cannot be told). Seen in the nested Xen test right after a clean
 // shutdown.
 func leaving(state, listLong string) bool {
-	if !strings.ContainsAny(state, "sd") {
-		return false
-	}
-	var doms []struct {
-		Config struct {
-			Disks []json.RawMessage `json:"disks"`
-		} `json:"config"`
-	}
-	if err := json.Unmarshal([]byte(listLong), &doms); err != nil {
-		return true // the listing of a half torn-down domain
-	}
-	for _, dom := range doms {
-		if len(dom.Config.Disks) > 0 {
-			return false
-		}
-	}
-	return true
+	disks, ok := domainDisks(listLong)
+	// An unreadable listing is that of a half torn-down domain.
+	return strings.ContainsAny(state, "sd") && (!ok || len(disks) == 0)
 }
 
 // leaveTimeout bounds the wait for a domain on its way out.
@@ -339,6 +325,18 @@ func parseListState(out, name string) (string, error) {
 // ownsDomain tells whether `xl list -l` output describes a domain with a
 // disk inside dir.
 func ownsDomain(listLong, dir string) bool {
+	disks, _ := domainDisks(listLong)
+	for _, d := range disks {
+		if filepath.Dir(d) == filepath.Clean(dir) {
+			return true
+		}
+	}
+	return false
+}
+
+// domainDisks reads the disks' paths from `xl list -l` output; ok is false
+// when the output is not xl's JSON.
+func domainDisks(listLong string) (paths []string, ok bool) {
 	var doms []struct {
 		Config struct {
 			Disks []struct {
@@ -347,16 +345,14 @@ func ownsDomain(listLong, dir string) bool {
 		} `json:"config"`
 	}
 	if err := json.Unmarshal([]byte(listLong), &doms); err != nil {
-		return false
+		return nil, false
 	}
 	for _, dom := range doms {
 		for _, disk := range dom.Config.Disks {
-			if filepath.Dir(disk.PdevPath) == filepath.Clean(dir) {
-				return true
-			}
+			paths = append(paths, disk.PdevPath)
 		}
 	}
-	return false
+	return paths, true
 }
 
 // State implements driver.Driver.
