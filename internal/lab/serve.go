@@ -221,6 +221,11 @@ func (e *Env) startServe(ctx context.Context) error {
 	if e.Exe == "" {
 		return errors.New("config server: no kubelab binary to run it as")
 	}
+	// Made here before the server reads them, so the URLs on the nodes'
+	// command lines and the server agree whichever asks first.
+	if _, err := e.serveTokens(); err != nil {
+		return err
+	}
 	if _, err := StopServe(e.Layout); err != nil {
 		return err
 	}

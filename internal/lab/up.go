@@ -70,6 +70,12 @@ type Env struct {
 	compat     string
 	compatErr  error
 
+	// The config server's tokens, read (and made) once: every node of
+	// the plan has one.
+	tokensOnce sync.Once
+	tokens     map[string]string
+	tokensErr  error
+
 	// rendered holds each node's configuration from the last render
 	// phase, by node name; boot brings nodes that run already up to its
 	// network.
@@ -151,8 +157,20 @@ func (e *Env) clusters() []plan.Cluster {
 // Machine is the driver's view of a node: its disk on the node's image,
 // direct kernel boot, its tap, and its configuration medium.
 func (e *Env) Machine(c plan.Cluster, n plan.Node) (driver.Machine, error) {
+	if e.Plan.Network.ConfigServer && n.Provisioning == spec.ProvisionIgnition {
+		// Its kernel command line carries its token.
+		if _, err := e.serveTokens(); err != nil {
+			return driver.Machine{}, err
+		}
+	}
 	m, _ := e.machine(c, n)
 	return m, nil
+}
+
+// serveTokens is ServeTokens, once per Env.
+func (e *Env) serveTokens() (map[string]string, error) {
+	e.tokensOnce.Do(func() { e.tokens, e.tokensErr = ServeTokens(e.Layout, e.Plan) })
+	return e.tokens, e.tokensErr
 }
 
 // machine is Machine, plus the template the node would start from (nil
@@ -222,12 +240,7 @@ func (e *Env) ignitionCmdline(c plan.Cluster, n plan.Node) string {
 	if !nw.ConfigServer {
 		return "ignition.platform.id=qemu"
 	}
-	tokens, err := ServeTokens(e.Layout, e.Plan)
-	if err != nil {
-		// The render phase made the tokens; a lab directory that cannot
-		// be read now fails the boot visibly (Ignition finds no URL).
-		return "ignition.platform.id=metal"
-	}
+	tokens, _ := e.serveTokens() // Machine reports the error
 	url := fmt.Sprintf("http://%s/%s/%s/%s/%s", netip.AddrPortFrom(nw.Gateway, uint16(nw.ConfigServerPort)), c.Name, n.Name, tokens[c.Name+"/"+n.Name], IgnitionConfigName)
 	// The device named: initramfs-tools then runs ipconfig on it alone.
 	ip := "ip=:::::eth0:dhcp"
