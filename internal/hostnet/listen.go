@@ -66,7 +66,7 @@ func dhcpPortFree(namespace string) error {
 		if err != nil {
 			if errors.Is(err, syscall.EADDRINUSE) {
 				// Asked here: /proc/thread-self/net is this thread's namespace.
-				err = fmt.Errorf("another DHCP server holds UDP port 67%s: %w", socketHolder(67, "udp", "udp6"), err)
+				err = fmt.Errorf("another DHCP server holds UDP port 67%s: %w", socketHolder(67, udpBound, "udp", "udp6"), err)
 			}
 			return err
 		}
@@ -86,14 +86,21 @@ func dhcpPortFree(namespace string) error {
 // portHolder names the process listening on TCP port in the calling
 // thread's network namespace, as " (held by NAME, pid N)", or "" when /proc
 // does not say.
-func portHolder(port uint16) string { return socketHolder(port, "tcp", "tcp6") }
+func portHolder(port uint16) string { return socketHolder(port, tcpListen, "tcp", "tcp6") }
 
-// socketHolder names the process with a listening (TCP) or bound (UDP)
-// socket on port in the tables given (/proc/net/tcp, udp, ...).
-func socketHolder(port uint16, tables ...string) string {
+// Socket states in /proc/net/tcp and udp: a listening TCP socket, a bound
+// unconnected UDP one.
+const (
+	tcpListen = "0A"
+	udpBound  = "07"
+)
+
+// socketHolder names the process with a socket in state on port in the
+// tables given (/proc/net/tcp, udp, ...).
+func socketHolder(port uint16, state string, tables ...string) string {
 	inodes := map[string]bool{}
 	for _, table := range tables {
-		for _, inode := range listeningInodes("/proc/thread-self/net/"+table, port) {
+		for _, inode := range listeningInodes("/proc/thread-self/net/"+table, port, state) {
 			inodes[inode] = true
 		}
 	}
@@ -118,9 +125,8 @@ func socketHolder(port uint16, tables ...string) string {
 }
 
 // listeningInodes reads a /proc/net/tcp or udp table and returns the
-// socket inodes on the local port that listen (TCP, state 0A) or are
-// bound and unconnected (UDP, state 07).
-func listeningInodes(table string, port uint16) []string {
+// inodes of the sockets in state on the local port.
+func listeningInodes(table string, port uint16, state string) []string {
 	f, err := os.Open(table)
 	if err != nil {
 		return nil
@@ -132,7 +138,7 @@ func listeningInodes(table string, port uint16) []string {
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-		if len(fields) < 10 || (strings.Contains(table, "tcp") && fields[3] != "0A") || (strings.Contains(table, "udp") && fields[3] != "07") {
+		if len(fields) < 10 || fields[3] != state {
 			continue
 		}
 		i := strings.LastIndexByte(fields[1], ':')

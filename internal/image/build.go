@@ -436,17 +436,6 @@ func (b *builder) initramfs(ctx context.Context) error {
 		"sh", "-c", "mount -t proc proc /proc && update-initramfs -u -k all")
 }
 
-// HasIgnition tells whether a component set carries Ignition, which makes
-// the image provisionable by Ignition.
-func (c Components) HasIgnition() bool {
-	for _, n := range c.names("bin") {
-		if n == "ignition" {
-			return true
-		}
-	}
-	return false
-}
-
 // installComponents installs the binaries and CNI plugins. The container
 // image tarballs are not installed: preloadImages puts the images into
 // containerd's store instead.

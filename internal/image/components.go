@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 )
 
@@ -153,4 +154,10 @@ func fileSHA256(path string) (string, error) {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// HasIgnition tells whether a component set carries Ignition, which makes
+// the image provisionable by Ignition.
+func (c Components) HasIgnition() bool {
+	return slices.Contains(c.names("bin"), "ignition")
 }

@@ -25,6 +25,8 @@ func (n Node) NetworkdFiles() []File {
 	sb.WriteString(header("#", n.Source, fmt.Sprintf("%s of %s.", what, n.Name)))
 	fmt.Fprintf(&sb, "[Match]\nMACAddress=%s\n\n[Network]\n", nw.MAC)
 	if nw.DHCP4 {
+		// Keep the lease's address through a restart of networkd (the
+		// node's API server and etcd listen on it).
 		sb.WriteString("DHCP=ipv4\nKeepConfiguration=dhcp\n")
 	}
 	for _, a := range nw.Addresses {
@@ -48,8 +50,7 @@ func (n Node) NetworkdFiles() []File {
 	}
 	if nw.DHCP4 {
 		// The lab's DHCP server gives no DNS or NTP; the node's own
-		// settings above stay. Keep the lease's address through a restart
-		// of networkd (the node's API and etcd listen on it).
+		// settings above stay.
 		sb.WriteString("\n[DHCPv4]\nUseDNS=no\nUseNTP=no\nUseHostname=no\nSendRelease=no\n")
 	}
 	name := nw.Interface
