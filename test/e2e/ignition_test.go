@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/kubelab/kubelab/internal/driver/drivertest"
 )
 
 // ignitionLab is the "Kubernetes and Xen" guide's provisioning on kubelab's
@@ -182,20 +184,10 @@ func (h *harness) requireLeases() {
 	for _, n := range p.Clusters[0].Nodes {
 		re := regexp.MustCompile(`DHCPACK\([^)]*\) ` + regexp.QuoteMeta(n.Address) + ` ` + regexp.QuoteMeta(strings.ToLower(n.MAC)))
 		if !re.Match(log) {
-			h.t.Errorf("no DHCPACK of %s for %s (%s) in dnsmasq's log:\n%s", n.Address, n.Name, n.MAC, lastLines(string(log), 20))
+			h.t.Errorf("no DHCPACK of %s for %s (%s) in dnsmasq's log:\n%s", n.Address, n.Name, n.MAC, drivertest.Tail(string(log), 20))
 		}
 	}
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+// lastLine is the last line of a command's output, trimmed.
+func lastLine(s string) string { return strings.TrimSpace(drivertest.Tail(strings.TrimSpace(s), 1)) }
