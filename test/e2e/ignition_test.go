@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -129,19 +128,17 @@ func TestIgnitionConfigServer(t *testing.T) {
 // (the server refuses any other).
 func (h *harness) configFetches() map[string]int {
 	h.t.Helper()
-	f, err := os.Open(filepath.Join(h.dir, "serve", "fetch.log"))
+	log, err := os.ReadFile(filepath.Join(h.dir, "serve", "fetch.log"))
 	if err != nil {
 		h.t.Fatalf("config server fetch log: %v", err)
 	}
-	defer f.Close()
 	counts := map[string]int{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for _, line := range strings.Split(string(log), "\n") {
 		var e struct {
 			Remote, Path, Node string
 			Status             int
 		}
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
+		if json.Unmarshal([]byte(line), &e) != nil {
 			continue
 		}
 		// Node is "cluster/node"; the path is /cluster/node/<token>/file.
@@ -150,7 +147,6 @@ func (h *harness) configFetches() map[string]int {
 		}
 	}
 	// Tokens never reach the log.
-	log, _ := os.ReadFile(filepath.Join(h.dir, "serve", "fetch.log"))
 	tokens, _ := os.ReadFile(filepath.Join(h.dir, "serve", "tokens.json"))
 	var byNode map[string]string
 	if err := json.Unmarshal(tokens, &byNode); err != nil || len(byNode) == 0 {
